@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Forwarding decisions: deliver to a local pod, or tunnel to the node that owns the
+ * destination's pod CIDR with the flow tag in the VNI.
+ */
+#ifndef LUMEN_FORWARD_H
+#define LUMEN_FORWARD_H
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "maps.h"
+#include "parse.h"
+#include "counters.h"
+
+static __always_inline struct dp_config *dp_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __always_inline struct endpoint *endpoint_of(__u32 addr)
+{
+	return bpf_map_lookup_elem(&endpoints, &addr);
+}
+
+static __always_inline struct remote_node *remote_of(__u32 addr)
+{
+	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(&remote_cidrs, &key);
+}
+
+/* The identity a packet from `saddr` carries; a pod's own, or host/world. */
+static __always_inline __u32 identity_of(__u32 saddr, struct dp_config *cfg)
+{
+	struct endpoint *src = endpoint_of(saddr);
+
+	if (src)
+		return src->identity;
+	if (saddr == cfg->node_ip)
+		return IDENTITY_HOST;
+	return IDENTITY_WORLD;
+}
+
+static __always_inline __u32 make_tag(__u32 identity, struct __sk_buff *skb)
+{
+	__u32 tag = identity & TAG_IDENTITY_MASK;
+
+	if (skb->mark & MARK_TRACE)
+		tag |= TAG_TRACE;
+	return tag;
+}
+
+/* Hand the packet to a pod on this node, straight into its namespace. */
+static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p,
+					 struct endpoint *dst)
+{
+	__builtin_memcpy(p->eth->h_dest, dst->mac, ETH_ALEN);
+	__builtin_memcpy(p->eth->h_source, dst->host_mac, ETH_ALEN);
+	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+/* Set the tunnel key: remote node, tag in the VNI, never fragment on the underlay. */
+static __always_inline int set_tunnel(struct __sk_buff *skb, struct remote_node *rn,
+				      __u32 tag)
+{
+	struct bpf_tunnel_key key = {};
+
+	key.remote_ipv4 = bpf_ntohl(rn->node_ip);
+	key.tunnel_id = tag;
+	key.tunnel_ttl = 64;
+	return bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_DONT_FRAGMENT);
+}
+
+#endif

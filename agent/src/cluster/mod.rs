@@ -1,0 +1,108 @@
+//! Cluster state: the nodes, namespaces and pods the agent needs to know, behind
+//! one trait with two sources — a manifest directory of Kubernetes YAML (the lab,
+//! and anyone without an API server) and, later, Kubernetes watchers.
+
+pub mod manifest;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use lumen_api::Ipv4Cidr;
+use tokio::sync::watch;
+
+/// A node of the cluster, as far as routing needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub pod_cidr: Option<Ipv4Cidr>,
+    pub internal_ip: Option<Ipv4Addr>,
+}
+
+/// A pod, as far as attribution and policy need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Everything the sources know, replaced whole on every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<String, NodeInfo>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub pods: BTreeMap<(String, String), PodInfo>,
+}
+
+/// A source of cluster state: a watch channel that always holds the latest
+/// complete state.
+pub trait ClusterSource {
+    fn watch(&self) -> watch::Receiver<Arc<ClusterState>>;
+}
+
+impl ClusterState {
+    pub fn add_node(&mut self, node: &Node) {
+        let Some(name) = node.metadata.name.clone() else {
+            return;
+        };
+        let pod_cidr = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_deref())
+            .and_then(|c| match c.parse() {
+                Ok(cidr) => Some(cidr),
+                Err(error) => {
+                    tracing::warn!(node = %name, cidr = c, %error, "ignoring bad podCIDR");
+                    None
+                }
+            });
+        let internal_ip = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .and_then(|a| a.address.parse().ok());
+        self.nodes.insert(
+            name.clone(),
+            NodeInfo {
+                name,
+                pod_cidr,
+                internal_ip,
+            },
+        );
+    }
+
+    pub fn add_namespace(&mut self, ns: &Namespace) {
+        if let Some(name) = ns.metadata.name.clone() {
+            self.namespaces
+                .insert(name, ns.metadata.labels.clone().unwrap_or_default());
+        }
+    }
+
+    pub fn add_pod(&mut self, pod: &Pod) {
+        let Some(name) = pod.metadata.name.clone() else {
+            return;
+        };
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let info = PodInfo {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ip: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse().ok()),
+        };
+        self.pods.insert((namespace, name), info);
+    }
+}

@@ -1,0 +1,284 @@
+//! The BPF datapath of one node: loads `datapath.bpf.o` with aya, owns the typed
+//! map handles, attaches the tc programs to pod veths and the VXLAN device, and
+//! writes endpoints and remote pod CIDRs into the maps.
+//!
+//! Attachments are TCX links owned by this process: they go away when the agent
+//! exits, and the agent re-attaches every known endpoint when it starts.
+
+pub mod abi;
+
+use std::collections::HashMap as StdHashMap;
+use std::net::Ipv4Addr;
+
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray};
+use aya::programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId};
+use aya::{Ebpf, EbpfLoader};
+use lumen_api::Ipv4Cidr;
+
+use abi::{DpConfig, EndpointValue, LpmV4Key, RemoteNode, be_addr, names};
+
+/// The compiled datapath, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
+
+/// Why a datapath operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the BPF object failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("BPF map {name} is missing or has the wrong type")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("BPF program {name} is missing from the object")]
+    MissingProgram { name: &'static str },
+    #[error("BPF program {name} could not be loaded or attached to {iface}")]
+    Program {
+        name: &'static str,
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("updating BPF map {name} failed")]
+    Update {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Where a program is attached.
+#[derive(Debug, Clone, Copy)]
+struct Hook {
+    program: &'static str,
+    direction: TcAttachType,
+}
+
+const POD_HOOKS: [Hook; 2] = [
+    Hook {
+        program: names::FROM_POD,
+        direction: TcAttachType::Ingress,
+    },
+    Hook {
+        program: names::TO_POD,
+        direction: TcAttachType::Egress,
+    },
+];
+
+const OVERLAY_HOOKS: [Hook; 2] = [
+    Hook {
+        program: names::FROM_OVERLAY,
+        direction: TcAttachType::Ingress,
+    },
+    Hook {
+        program: names::TO_OVERLAY,
+        direction: TcAttachType::Egress,
+    },
+];
+
+/// The loaded datapath and its typed map handles.
+pub struct Datapath {
+    ebpf: Ebpf,
+    endpoints: HashMap<MapData, u32, EndpointValue>,
+    remote: LpmTrie<MapData, u32, RemoteNode>,
+    config: aya::maps::Array<MapData, DpConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    links: StdHashMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("attached", &self.links.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })?;
+    T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+impl Datapath {
+    /// Load every program and map into the kernel; nothing is attached yet.
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DatapathError::Load)?;
+        for name in [
+            names::FROM_POD,
+            names::TO_POD,
+            names::FROM_OVERLAY,
+            names::TO_OVERLAY,
+            names::NOOP,
+        ] {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program {
+                    name,
+                    iface: String::new(),
+                    source,
+                })?;
+        }
+        Ok(Self {
+            endpoints: take_map(&mut ebpf, names::ENDPOINTS)?,
+            remote: take_map(&mut ebpf, names::REMOTE_CIDRS)?,
+            config: take_map(&mut ebpf, names::CONFIG)?,
+            counters: take_map(&mut ebpf, names::COUNTERS)?,
+            ebpf,
+            links: StdHashMap::new(),
+        })
+    }
+
+    /// Node-wide settings the programs read.
+    pub fn configure(
+        &mut self,
+        vxlan_ifindex: u32,
+        node_ip: Ipv4Addr,
+        cluster: Ipv4Cidr,
+    ) -> Result<(), DatapathError> {
+        let value = DpConfig {
+            vxlan_ifindex,
+            node_ip: be_addr(node_ip),
+            cluster_addr: be_addr(cluster.addr()),
+            cluster_mask: cluster.mask().to_be(),
+        };
+        self.config
+            .set(0, value, 0)
+            .map_err(|source| DatapathError::Update {
+                name: names::CONFIG,
+                source,
+            })
+    }
+
+    /// Attach `from_overlay`/`to_overlay` to the VXLAN device.
+    pub fn attach_overlay(&mut self, iface: &str) -> Result<(), DatapathError> {
+        self.attach(iface, &OVERLAY_HOOKS)
+    }
+
+    /// Attach the pod programs to a host veth and publish the endpoint.
+    pub fn add_endpoint(
+        &mut self,
+        host_iface: &str,
+        ip: Ipv4Addr,
+        value: EndpointValue,
+    ) -> Result<(), DatapathError> {
+        self.attach(host_iface, &POD_HOOKS)?;
+        self.endpoints
+            .insert(be_addr(ip), value, 0)
+            .map_err(|source| DatapathError::Update {
+                name: names::ENDPOINTS,
+                source,
+            })
+    }
+
+    /// Forget an endpoint; detaching is best effort since the veth may be gone.
+    pub fn remove_endpoint(&mut self, host_iface: &str, ip: Ipv4Addr) {
+        self.detach(host_iface);
+        if let Err(error) = self.endpoints.remove(&be_addr(ip)) {
+            tracing::debug!(%ip, %error, "endpoint was not in the map");
+        }
+    }
+
+    /// Route a remote pod CIDR to the node that owns it.
+    pub fn set_remote(&mut self, cidr: Ipv4Cidr, node_ip: Ipv4Addr) -> Result<(), DatapathError> {
+        let key = LpmV4Key::new(u32::from(cidr.prefix()), be_addr(cidr.addr()));
+        self.remote
+            .insert(
+                &key,
+                RemoteNode {
+                    node_ip: be_addr(node_ip),
+                    flags: 0,
+                },
+                0,
+            )
+            .map_err(|source| DatapathError::Update {
+                name: names::REMOTE_CIDRS,
+                source,
+            })
+    }
+
+    pub fn remove_remote(&mut self, cidr: Ipv4Cidr) {
+        let key = LpmV4Key::new(u32::from(cidr.prefix()), be_addr(cidr.addr()));
+        if let Err(error) = self.remote.remove(&key) {
+            tracing::debug!(%cidr, %error, "remote cidr was not in the map");
+        }
+    }
+
+    /// Sum of each per-CPU counter, in [`abi::COUNTERS`] order.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        abi::COUNTERS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let total = u32::try_from(i)
+                    .ok()
+                    .and_then(|i| self.counters.get(&i, 0).ok())
+                    .map(|values| values.iter().sum())
+                    .unwrap_or(0);
+                (*name, total)
+            })
+            .collect()
+    }
+
+    /// A loaded program, for `BPF_PROG_TEST_RUN` in benchmarks and tests.
+    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        program(&mut self.ebpf, name)
+    }
+
+    fn attach(&mut self, iface: &str, hooks: &[Hook]) -> Result<(), DatapathError> {
+        self.detach(iface);
+        let mut attached = Vec::with_capacity(hooks.len());
+        for hook in hooks {
+            let result = program(&mut self.ebpf, hook.program).and_then(|prog| {
+                prog.attach(iface, hook.direction)
+                    .map_err(|source| DatapathError::Program {
+                        name: hook.program,
+                        iface: iface.to_owned(),
+                        source,
+                    })
+            });
+            match result {
+                Ok(id) => attached.push((hook.program, id)),
+                Err(error) => {
+                    self.detach_links(attached);
+                    return Err(error);
+                }
+            }
+        }
+        self.links.insert(iface.to_owned(), attached);
+        Ok(())
+    }
+
+    fn detach(&mut self, iface: &str) {
+        if let Some(links) = self.links.remove(iface) {
+            self.detach_links(links);
+        }
+    }
+
+    fn detach_links(&mut self, links: Vec<(&'static str, SchedClassifierLinkId)>) {
+        for (name, id) in links {
+            if let Ok(prog) = program(&mut self.ebpf, name)
+                && let Err(error) = prog.detach(id)
+            {
+                tracing::debug!(program = name, %error, "detach failed (interface gone?)");
+            }
+        }
+    }
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DatapathError::MissingProgram { name })
+}

@@ -1,0 +1,78 @@
+//! Lumen's node agent: one per node. It owns the node's datapath (BPF programs
+//! loaded with aya, links and routes through rtnetlink), the node's IPAM, the
+//! cluster state it follows, and the node API the CNI plugin and the CLI talk to.
+
+pub mod cluster;
+pub mod datapath;
+pub mod ipam;
+pub mod masquerade;
+pub mod netlink;
+pub mod netns;
+pub mod node;
+pub mod overlay;
+pub mod pods;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::ClusterSource;
+use cluster::manifest::{ManifestError, ManifestSource};
+use node::{Config, Node, NodeError};
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Manifests(#[from] ManifestError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("re-adopting existing pods failed")]
+    Readopt(#[from] pods::PodError),
+    #[error("the API socket {path} cannot be bound")]
+    Bind {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Run the agent until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let source = ManifestSource::start(config.manifests.clone(), Duration::from_millis(250))?;
+    let rx = source.watch();
+    let state = rx.borrow().clone();
+    let socket = config.socket.clone();
+    let node = Arc::new(Node::start(config, &state).await?);
+    node.readopt().await?;
+    let vxlan = node
+        .netlink
+        .require_link(node::VXLAN_IFACE)
+        .await
+        .map_err(NodeError::from)?;
+    tokio::spawn(node.clone().follow_cluster(rx, vxlan.index));
+
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| AgentError::Bind {
+            path: socket.clone(),
+            source,
+        })?;
+    }
+    // A socket left by a killed agent would make bind fail.
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(|source| AgentError::Bind {
+        path: socket.clone(),
+        source,
+    })?;
+    tracing::info!(socket = %socket.display(), "node API listening");
+    let served = axum::serve(listener, server::app(node))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    served.map_err(AgentError::Serve)
+}

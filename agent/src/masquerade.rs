@@ -1,0 +1,68 @@
+//! Masquerade of pod traffic leaving the cluster, as nftables rules inside the
+//! node's own namespace (never the root namespace's firewall).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use lumen_api::Ipv4Cidr;
+
+/// Why installing the rules failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MasqueradeError {
+    #[error("running nft failed (is the nftables package installed?)")]
+    Spawn(#[source] std::io::Error),
+    #[error("nft refused the ruleset: {stderr}")]
+    Refused { stderr: String },
+}
+
+/// The ruleset: pod sources going outside the cluster leave with the node's
+/// address; traffic to the overlay is never touched.
+pub fn ruleset(cluster: Ipv4Cidr, overlay_iface: &str) -> String {
+    format!(
+        "table ip lumen {{}}\n\
+         delete table ip lumen\n\
+         table ip lumen {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr {cluster} ip daddr != {cluster} oifname != \"{overlay_iface}\" counter masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// Replace the `ip lumen` table atomically (one `nft -f` transaction).
+pub fn install(cluster: Ipv4Cidr, overlay_iface: &str) -> Result<(), MasqueradeError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(MasqueradeError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(ruleset(cluster, overlay_iface).as_bytes())
+            .map_err(MasqueradeError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(MasqueradeError::Spawn)?;
+    if !out.status.success() {
+        return Err(MasqueradeError::Refused {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_masquerades_only_cluster_sources_leaving_the_cluster() {
+        let rules = ruleset("10.244.0.0/16".parse().unwrap(), "lumen_vxlan");
+        assert!(rules.contains(
+            "ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 oifname != \"lumen_vxlan\" counter masquerade"
+        ));
+        assert!(rules.starts_with("table ip lumen {}\ndelete table ip lumen\n"));
+    }
+}

@@ -1,0 +1,560 @@
+//! Pod attachments: the CNI operations ADD, DEL, CHECK and GC on a [`Node`], and
+//! re-adoption of existing attachments when the agent starts.
+//!
+//! ADD follows the reference `ptp` plugin's discipline: the address is persisted
+//! first, and every later failure undoes what was done, releasing the address.
+//! DEL is idempotent: a missing netns, link or allocation is success.
+
+use std::error::Error as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use lumen_api::cni::{
+    AgentError, Allocation, Attachment, AttachmentKey, CniRequest, GATEWAY, GcReport, code,
+};
+use lumen_api::{Endpoint, Identity, Ipv4Cidr};
+
+use crate::datapath::DatapathError;
+use crate::datapath::abi::EndpointValue;
+use crate::ipam::IpamError;
+use crate::netlink::{Netlink, NetlinkError, format_mac};
+use crate::netns::{self, NetnsError};
+use crate::node::Node;
+
+/// Why a pod operation failed; each maps to a CNI error code.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("network namespace {path} does not exist")]
+    NoNetns { path: String },
+    #[error("interface name {ifname:?} is not valid (1-15 characters, no '/' or whitespace)")]
+    BadIfname { ifname: String },
+    #[error("no address for {container_id}")]
+    Ipam {
+        container_id: String,
+        #[source]
+        source: IpamError,
+    },
+    #[error("setting up interface {ifname} failed")]
+    Netlink {
+        ifname: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("interface {ifname} already exists in {netns}")]
+    IfnameTaken { ifname: String, netns: String },
+    #[error("working in network namespace {netns} failed")]
+    Netns {
+        netns: String,
+        #[source]
+        source: NetnsError,
+    },
+    #[error("attaching the datapath to {host_ifname} failed")]
+    Datapath {
+        host_ifname: String,
+        #[source]
+        source: DatapathError,
+    },
+    #[error("address {ip} is outside the cluster CIDR {cluster}")]
+    NoIdentity { ip: Ipv4Addr, cluster: Ipv4Cidr },
+    #[error("{container_id}/{ifname} is not attached on this node")]
+    UnknownAttachment { container_id: String, ifname: String },
+    #[error("check of {container_id}/{ifname} failed: {reason}")]
+    CheckFailed {
+        container_id: String,
+        ifname: String,
+        reason: String,
+    },
+    #[error("agent state lock poisoned")]
+    Poisoned,
+}
+
+impl PodError {
+    pub fn code(&self) -> u32 {
+        match self {
+            Self::NoNetns { .. } | Self::UnknownAttachment { .. } => code::UNKNOWN_CONTAINER,
+            Self::BadIfname { .. } => code::INVALID_ENV,
+            Self::Ipam {
+                source: IpamError::Exhausted { .. },
+                ..
+            } => code::NO_ADDRESS,
+            Self::Ipam { .. } => code::IO_FAILURE,
+            _ => code::INTERNAL,
+        }
+    }
+
+    /// The error as the agent answers it: code, message, and the cause chain.
+    pub fn to_agent_error(&self) -> AgentError {
+        let mut details = Vec::new();
+        let mut source = self.source();
+        while let Some(e) = source {
+            details.push(e.to_string());
+            source = e.source();
+        }
+        AgentError {
+            code: self.code(),
+            msg: self.to_string(),
+            details: details.join(": "),
+        }
+    }
+}
+
+/// Host-side veth name: stable per attachment, 14 characters.
+pub fn host_ifname(key: &AttachmentKey) -> String {
+    // FNV-1a: stable across releases and processes, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.container_id.bytes().chain([b'/']).chain(key.ifname.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("lmn{:011x}", hash & 0x0fff_ffff_ffff)
+}
+
+fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && !name.contains(['/', ':'])
+        && !name.chars().any(char::is_whitespace)
+        && name != "."
+        && name != ".."
+}
+
+fn netlink_err(ifname: &str) -> impl FnOnce(NetlinkError) -> PodError + '_ {
+    move |source| PodError::Netlink {
+        ifname: ifname.to_owned(),
+        source,
+    }
+}
+
+impl Node {
+    /// CNI ADD.
+    pub async fn add(&self, req: &CniRequest) -> Result<Attachment, PodError> {
+        if !valid_ifname(&req.ifname) {
+            return Err(PodError::BadIfname {
+                ifname: req.ifname.clone(),
+            });
+        }
+        if req.netns.is_empty() || !Path::new(&req.netns).exists() {
+            return Err(PodError::NoNetns {
+                path: req.netns.clone(),
+            });
+        }
+        let key = req.key();
+        let ip = {
+            let mut ipam = self.ipam.lock().map_err(|_| PodError::Poisoned)?;
+            ipam.allocate(Allocation {
+                ip: Ipv4Addr::UNSPECIFIED,
+                key: key.clone(),
+                netns: req.netns.clone(),
+                pod_namespace: req.pod_namespace.clone(),
+                pod_name: req.pod_name.clone(),
+            })
+            .map_err(|source| PodError::Ipam {
+                container_id: req.container_id.clone(),
+                source,
+            })?
+        };
+        match self.plumb(req, ip).await {
+            Ok(attachment) => Ok(attachment),
+            Err(error) => {
+                tracing::warn!(container = %req.container_id, %ip, %error, "ADD failed, undoing");
+                self.unplumb(&key, ip).await;
+                if let Ok(mut ipam) = self.ipam.lock()
+                    && let Err(release) = ipam.release(&key)
+                {
+                    tracing::error!(%ip, error = %release, "releasing the address after a failed ADD failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Create the veth pair, configure both ends and attach the datapath.
+    async fn plumb(&self, req: &CniRequest, ip: Ipv4Addr) -> Result<Attachment, PodError> {
+        let key = req.key();
+        let host_name = host_ifname(&key);
+        let mtu = req.mtu.unwrap_or(self.pod_mtu);
+        let identity = Identity::for_pod(self.config.cluster_cidr, ip).ok_or(PodError::NoIdentity {
+            ip,
+            cluster: self.config.cluster_cidr,
+        })?;
+        // A retried ADD may find the veth of an earlier, interrupted attempt.
+        self.netlink
+            .delete_link(&host_name)
+            .await
+            .map_err(netlink_err(&host_name))?;
+        let ns = netns::open(Path::new(&req.netns)).map_err(|source| PodError::Netns {
+            netns: req.netns.clone(),
+            source,
+        })?;
+        let host = {
+            use std::os::fd::AsRawFd;
+            self.netlink
+                .create_veth(&host_name, &req.ifname, ns.as_raw_fd(), mtu)
+                .await
+                .map_err(|source| {
+                    if source.errno() == Some(libc::EEXIST) {
+                        PodError::IfnameTaken {
+                            ifname: req.ifname.clone(),
+                            netns: req.netns.clone(),
+                        }
+                    } else {
+                        PodError::Netlink {
+                            ifname: host_name.clone(),
+                            source,
+                        }
+                    }
+                })?
+        };
+        let ifname = req.ifname.clone();
+        let host_mac = host.mac;
+        let pod_mac = netns::run_in(Path::new(&req.netns), move || configure_pod(ifname, ip, host_mac))
+            .await
+            .map_err(|source| PodError::Netns {
+                netns: req.netns.clone(),
+                source,
+            })?
+            .map_err(netlink_err(&req.ifname))?;
+
+        let host_cidr = Ipv4Cidr::new(ip, 32).map_err(|_| PodError::NoIdentity {
+            ip,
+            cluster: self.config.cluster_cidr,
+        })?;
+        self.netlink.set_up(host.index).await.map_err(netlink_err(&host_name))?;
+        self.netlink
+            .route_dev(host_cidr, host.index)
+            .await
+            .map_err(netlink_err(&host_name))?;
+        self.netlink
+            .neighbour(host.index, ip, pod_mac)
+            .await
+            .map_err(netlink_err(&host_name))?;
+        self.datapath
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .add_endpoint(
+                &host_name,
+                ip,
+                EndpointValue {
+                    ifindex: host.index,
+                    identity: identity.0,
+                    mac: pod_mac,
+                    host_mac,
+                    flags: 0,
+                },
+            )
+            .map_err(|source| PodError::Datapath {
+                host_ifname: host_name.clone(),
+                source,
+            })?;
+        let endpoint = Endpoint {
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            namespace: req.pod_namespace.clone(),
+            pod: req.pod_name.clone(),
+            ip,
+            identity,
+            host_ifname: host_name.clone(),
+            host_ifindex: host.index,
+            mac: format_mac(&pod_mac),
+            netns: req.netns.clone(),
+        };
+        self.endpoints
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .insert(key, endpoint);
+        tracing::info!(container = %req.container_id, pod = ?req.pod_name, %ip, %identity, host = %host_name, "pod attached");
+        Ok(Attachment {
+            ifname: req.ifname.clone(),
+            mac: format_mac(&pod_mac),
+            sandbox: req.netns.clone(),
+            host_ifname: host_name,
+            host_mac: format_mac(&host_mac),
+            ip,
+            gateway: GATEWAY,
+            mtu,
+        })
+    }
+
+    /// Remove the datapath entry and the veth of an attachment; best effort.
+    async fn unplumb(&self, key: &AttachmentKey, ip: Ipv4Addr) {
+        let host_name = host_ifname(key);
+        if let Ok(mut dp) = self.datapath.lock() {
+            dp.remove_endpoint(&host_name, ip);
+        }
+        if let Ok(mut eps) = self.endpoints.lock() {
+            eps.remove(key);
+        }
+        if let Err(error) = self.netlink.delete_link(&host_name).await {
+            tracing::warn!(host = %host_name, %error, "deleting the veth failed");
+        }
+    }
+
+    /// CNI DEL: idempotent.
+    pub async fn del(&self, req: &CniRequest) -> Result<(), PodError> {
+        let key = req.key();
+        let alloc = self
+            .ipam
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .get(&key)
+            .cloned();
+        let Some(alloc) = alloc else {
+            // Nothing allocated; still remove a veth an interrupted ADD may have left.
+            self.netlink
+                .delete_link(&host_ifname(&key))
+                .await
+                .map_err(netlink_err(&req.ifname))?;
+            return Ok(());
+        };
+        self.release(&alloc).await
+    }
+
+    async fn release(&self, alloc: &Allocation) -> Result<(), PodError> {
+        self.unplumb(&alloc.key, alloc.ip).await;
+        self.ipam
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .release(&alloc.key)
+            .map_err(|source| PodError::Ipam {
+                container_id: alloc.key.container_id.clone(),
+                source,
+            })?;
+        tracing::info!(container = %alloc.key.container_id, ip = %alloc.ip, "pod detached");
+        Ok(())
+    }
+
+    /// CNI CHECK: the allocation, the host veth, the datapath entry and the pod's
+    /// interface with its address are all still there.
+    pub async fn check(&self, req: &CniRequest) -> Result<(), PodError> {
+        let key = req.key();
+        let fail = |reason: String| PodError::CheckFailed {
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            reason,
+        };
+        let alloc = self
+            .ipam
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| PodError::UnknownAttachment {
+                container_id: req.container_id.clone(),
+                ifname: req.ifname.clone(),
+            })?;
+        let host_name = host_ifname(&key);
+        let host = self
+            .netlink
+            .link(&host_name)
+            .await
+            .map_err(netlink_err(&host_name))?
+            .ok_or_else(|| fail(format!("host veth {host_name} is missing")))?;
+        if !host.up {
+            return Err(fail(format!("host veth {host_name} is down")));
+        }
+        if !self
+            .endpoints
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .contains_key(&key)
+        {
+            return Err(fail("no datapath endpoint".to_owned()));
+        }
+        if !Path::new(&req.netns).exists() {
+            return Err(PodError::NoNetns {
+                path: req.netns.clone(),
+            });
+        }
+        let ifname = req.ifname.clone();
+        let found = netns::run_in(Path::new(&req.netns), move || async move {
+            let nl = Netlink::connect()?;
+            match nl.link(&ifname).await? {
+                Some(link) => nl.first_ipv4(link.index).await,
+                None => Ok(None),
+            }
+        })
+        .await
+        .map_err(|source| PodError::Netns {
+            netns: req.netns.clone(),
+            source,
+        })?
+        .map_err(netlink_err(&req.ifname))?;
+        match found {
+            Some(ip) if ip == alloc.ip => Ok(()),
+            Some(ip) => Err(fail(format!("{} has {ip}, expected {}", req.ifname, alloc.ip))),
+            None => Err(fail(format!("{} is missing or has no address", req.ifname))),
+        }
+    }
+
+    /// CNI GC: release every attachment the runtime no longer has.
+    pub async fn gc(&self, valid: &[AttachmentKey]) -> Result<GcReport, PodError> {
+        let stale: Vec<Allocation> = self
+            .ipam
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .allocations()
+            .filter(|a| !valid.contains(&a.key))
+            .cloned()
+            .collect();
+        let mut released = Vec::new();
+        for alloc in stale {
+            self.release(&alloc).await?;
+            released.push(alloc.key);
+        }
+        Ok(GcReport { released })
+    }
+
+    /// On start: re-attach every allocation whose pod still exists; release the rest.
+    pub async fn readopt(&self) -> Result<(), PodError> {
+        let allocs: Vec<Allocation> = self
+            .ipam
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .allocations()
+            .cloned()
+            .collect();
+        for alloc in allocs {
+            match self.readopt_one(&alloc).await {
+                Ok(()) => tracing::info!(container = %alloc.key.container_id, ip = %alloc.ip, "pod re-adopted"),
+                Err(error) => {
+                    tracing::warn!(container = %alloc.key.container_id, ip = %alloc.ip, %error, "pod is gone, releasing");
+                    self.release(&alloc).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn readopt_one(&self, alloc: &Allocation) -> Result<(), PodError> {
+        let key = &alloc.key;
+        let host_name = host_ifname(key);
+        let host = self
+            .netlink
+            .link(&host_name)
+            .await
+            .map_err(netlink_err(&host_name))?
+            .ok_or_else(|| PodError::UnknownAttachment {
+                container_id: key.container_id.clone(),
+                ifname: key.ifname.clone(),
+            })?;
+        if !Path::new(&alloc.netns).exists() {
+            return Err(PodError::NoNetns {
+                path: alloc.netns.clone(),
+            });
+        }
+        let ifname = key.ifname.clone();
+        let pod_mac = netns::run_in(Path::new(&alloc.netns), move || async move {
+            let nl = Netlink::connect()?;
+            nl.require_link(&ifname).await.map(|l| l.mac)
+        })
+        .await
+        .map_err(|source| PodError::Netns {
+            netns: alloc.netns.clone(),
+            source,
+        })?
+        .map_err(netlink_err(&key.ifname))?;
+        let identity = Identity::for_pod(self.config.cluster_cidr, alloc.ip).ok_or(PodError::NoIdentity {
+            ip: alloc.ip,
+            cluster: self.config.cluster_cidr,
+        })?;
+        self.datapath
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .add_endpoint(
+                &host_name,
+                alloc.ip,
+                EndpointValue {
+                    ifindex: host.index,
+                    identity: identity.0,
+                    mac: pod_mac,
+                    host_mac: host.mac,
+                    flags: 0,
+                },
+            )
+            .map_err(|source| PodError::Datapath {
+                host_ifname: host_name.clone(),
+                source,
+            })?;
+        self.endpoints.lock().map_err(|_| PodError::Poisoned)?.insert(
+            key.clone(),
+            Endpoint {
+                container_id: key.container_id.clone(),
+                ifname: key.ifname.clone(),
+                namespace: alloc.pod_namespace.clone(),
+                pod: alloc.pod_name.clone(),
+                ip: alloc.ip,
+                identity,
+                host_ifname: host_name,
+                host_ifindex: host.index,
+                mac: format_mac(&pod_mac),
+                netns: alloc.netns.clone(),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Inside the pod's namespace: address, link up, and the Calico-style gateway
+/// layout (169.254.1.1 on-link, default via it, a permanent neighbour entry).
+async fn configure_pod(ifname: String, ip: Ipv4Addr, host_mac: [u8; 6]) -> Result<[u8; 6], NetlinkError> {
+    let nl = Netlink::connect()?;
+    if let Some(lo) = nl.link("lo").await? {
+        nl.set_up(lo.index).await?;
+    }
+    let link = nl.require_link(&ifname).await?;
+    nl.add_address(link.index, ip, 32).await?;
+    nl.set_up(link.index).await?;
+    let gw = Ipv4Cidr::new(GATEWAY, 32).unwrap_or_else(|_| unreachable!("a /32 has no host bits"));
+    nl.route_dev(gw, link.index).await?;
+    let default = Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or_else(|_| unreachable!("0/0 is valid"));
+    nl.route_via(default, GATEWAY, link.index).await?;
+    nl.neighbour(link.index, GATEWAY, host_mac).await?;
+    Ok(link.mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_stable_short_and_distinct() {
+        let a = AttachmentKey {
+            container_id: "abc".to_owned(),
+            ifname: "eth0".to_owned(),
+        };
+        let b = AttachmentKey {
+            container_id: "abc".to_owned(),
+            ifname: "eth1".to_owned(),
+        };
+        assert_eq!(host_ifname(&a), host_ifname(&a.clone()));
+        assert_ne!(host_ifname(&a), host_ifname(&b));
+        assert_eq!(host_ifname(&a).len(), 14);
+    }
+
+    #[test]
+    fn ifname_validation() {
+        for ok in ["eth0", "net1", "a", "x234567890abcde"] {
+            assert!(valid_ifname(ok), "{ok}");
+        }
+        for bad in ["", "has space", "a/b", "x234567890abcdef", ".."] {
+            assert!(!valid_ifname(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_map_to_cni_codes() {
+        let e = PodError::NoNetns { path: "/x".into() };
+        assert_eq!(e.to_agent_error().code, code::UNKNOWN_CONTAINER);
+        let e = PodError::BadIfname { ifname: "".into() };
+        assert_eq!(e.code(), code::INVALID_ENV);
+        let e = PodError::Ipam {
+            container_id: "c".into(),
+            source: IpamError::Exhausted {
+                cidr: "10.0.0.0/30".parse().unwrap(),
+                used: 2,
+            },
+        };
+        let agent = e.to_agent_error();
+        assert_eq!(agent.code, code::NO_ADDRESS);
+        assert!(agent.details.contains("no free address"), "{}", agent.details);
+    }
+}

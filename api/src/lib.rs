@@ -1,0 +1,14 @@
+//! Lumen's shared vocabulary: the types every crate exchanges with the node agent,
+//! the flow tag carried in the VXLAN header, and a small blocking client for the
+//! agent's unix-socket API.
+
+pub mod cidr;
+pub mod client;
+pub mod cni;
+pub mod endpoint;
+pub mod paths;
+pub mod tag;
+
+pub use cidr::Ipv4Cidr;
+pub use endpoint::{Endpoint, Identity};
+pub use tag::Tag;

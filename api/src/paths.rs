@@ -1,0 +1,18 @@
+//! The node agent's HTTP API paths, in one place so server and clients agree.
+
+/// Liveness and readiness; also what the CNI `STATUS` command asks.
+pub const HEALTHZ: &str = "/healthz";
+/// `POST` a [`crate::cni::CniRequest`]: create the pod's interface and address.
+pub const CNI_ADD: &str = "/v1/cni/add";
+/// `POST` a [`crate::cni::CniRequest`]: remove it (idempotent).
+pub const CNI_DEL: &str = "/v1/cni/del";
+/// `POST` a [`crate::cni::CniRequest`]: verify it is still as ADD left it.
+pub const CNI_CHECK: &str = "/v1/cni/check";
+/// `POST` a [`crate::cni::GcRequest`]: release everything not listed.
+pub const CNI_GC: &str = "/v1/cni/gc";
+/// `GET` the local endpoints ([`crate::Endpoint`]) as the datapath sees them.
+pub const ENDPOINTS: &str = "/v1/endpoints";
+/// `GET` the IPAM state ([`crate::cni::IpamState`]).
+pub const IPAM: &str = "/v1/ipam";
+/// `GET` the datapath's per-CPU packet counters, summed, by name.
+pub const COUNTERS: &str = "/v1/datapath/counters";

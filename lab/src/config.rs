@@ -1,0 +1,289 @@
+//! What a lab is made of: its configuration, the fixed address plan, and the names
+//! of its namespaces, nodes and pods (and the inverse: is a namespace one of ours).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use lumen_api::Ipv4Cidr;
+
+use crate::LabError;
+
+/// The lab name used when none is given.
+pub const DEFAULT_NAME: &str = "lumen";
+/// Where labs keep their state (one directory per lab).
+pub const DEFAULT_STATE_ROOT: &str = "/run/lumen-lab";
+/// The Kubernetes namespace every lab pod lives in.
+pub const POD_NAMESPACE: &str = "default";
+/// The cluster's pod network; node `i` gets `10.244.i.0/24`.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The underlay network between nodes (TEST-NET-1, never routed outside the lab).
+pub const UNDERLAY_CIDR: &str = "192.0.2.0/24";
+/// The underlay's bridge address, the nodes' default gateway.
+pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The external host's address (TEST-NET-3).
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The underlay's side of the external host's link.
+pub const EXTERNAL_GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// Prefix length of the external link.
+pub const EXTERNAL_PREFIX: u8 = 24;
+/// The name the external host answers to (in `probe`, `exec`, the echo server).
+pub const EXTERNAL_NAME: &str = "external";
+/// The name of the underlay namespace in `exec`.
+pub const UNDERLAY_NAME: &str = "underlay";
+/// Ports every echo server listens on, TCP and UDP.
+pub const SERVER_PORTS: [u16; 2] = [80, 81];
+/// The bridge inside the underlay namespace.
+pub const BRIDGE: &str = "br0";
+/// The most nodes a lab can have: node addresses are 192.0.2.(10+i).
+pub const MAX_NODES: u32 = 200;
+/// The most pods per node: each node's pod CIDR is a /24.
+pub const MAX_PODS_PER_NODE: u32 = 250;
+/// Longest lab name: keeps netns names and paths short.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// How to build a lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabConfig {
+    /// Prefix of every namespace and the name of the state directory.
+    pub name: String,
+    pub nodes: u32,
+    pub pods_per_node: u32,
+    /// Where `lumen-agent`, `lumen-cni` and `lumen` are.
+    pub bin_dir: PathBuf,
+    /// Parent of the lab's state directory.
+    pub state_root: PathBuf,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self {
+            name: DEFAULT_NAME.to_owned(),
+            nodes: 2,
+            pods_per_node: 3,
+            bin_dir: default_bin_dir(),
+            state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+        }
+    }
+}
+
+impl LabConfig {
+    /// Refuse configurations the address plan cannot hold.
+    pub fn validate(&self) -> Result<(), LabError> {
+        validate_name(&self.name)?;
+        let reason = if !(1..=MAX_NODES).contains(&self.nodes) {
+            format!("nodes must be between 1 and {MAX_NODES}, not {}", self.nodes)
+        } else if self.pods_per_node > MAX_PODS_PER_NODE {
+            format!(
+                "pods per node must be at most {MAX_PODS_PER_NODE}, not {}",
+                self.pods_per_node
+            )
+        } else {
+            return Ok(());
+        };
+        Err(LabError::Config { reason })
+    }
+}
+
+/// Lab names become namespace-name prefixes: keep them to what `ip netns` and
+/// file names take without quoting.
+pub fn validate_name(name: &str) -> Result<(), LabError> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok_chars && ok_ends && name.len() <= MAX_NAME_LEN {
+        return Ok(());
+    }
+    Err(LabError::Config {
+        reason: format!(
+            "lab name {name:?} must be 1 to {MAX_NAME_LEN} characters of a-z, 0-9 and '-', \
+             starting and ending with a letter or digit"
+        ),
+    })
+}
+
+/// The directory of the running executable, or its parent when that is cargo's
+/// `deps/` (so test binaries find `target/debug/lumen-agent`).
+pub fn default_bin_dir() -> PathBuf {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    match dir.file_name() {
+        Some(last) if last == "deps" => dir.parent().map(Path::to_path_buf).unwrap_or(dir),
+        _ => dir,
+    }
+}
+
+/// The directory holding one lab's state.
+pub fn state_dir(state_root: &Path, lab: &str) -> PathBuf {
+    state_root.join(lab)
+}
+
+/// The path a runtime uses for a named network namespace.
+pub fn netns_path(netns: &str) -> PathBuf {
+    Path::new("/run/netns").join(netns)
+}
+
+pub fn underlay_netns(lab: &str) -> String {
+    format!("{lab}-underlay")
+}
+
+pub fn external_netns(lab: &str) -> String {
+    format!("{lab}-ext")
+}
+
+pub fn node_netns(lab: &str, node: u32) -> String {
+    format!("{lab}-node-{node}")
+}
+
+pub fn pod_netns(lab: &str, node: u32, pod: u32) -> String {
+    format!("{lab}-pod-{node}-{pod}")
+}
+
+pub fn node_name(node: u32) -> String {
+    format!("node-{node}")
+}
+
+pub fn pod_name(node: u32, pod: u32) -> String {
+    format!("pod-{node}-{pod}")
+}
+
+/// The underlay-side veth of node `node`.
+pub fn node_peer_ifname(node: u32) -> String {
+    format!("n{node}")
+}
+
+/// Node `node`'s address on the underlay.
+pub fn node_ip(node: u32) -> Ipv4Addr {
+    let [a, b, c, _] = UNDERLAY_GATEWAY.octets();
+    // MAX_NODES keeps 10 + node within one octet; saturate rather than wrap.
+    let last = u8::try_from(10 + node).unwrap_or(u8::MAX);
+    Ipv4Addr::new(a, b, c, last)
+}
+
+/// Node `node`'s pod CIDR: `10.244.<node>.0/24`.
+pub fn pod_cidr(node: u32) -> Ipv4Cidr {
+    let third = u8::try_from(node).unwrap_or(u8::MAX);
+    Ipv4Cidr::new(Ipv4Addr::new(10, 244, third, 0), 24)
+        .expect("x.y.z.0/24 has no host bits")
+}
+
+/// The cluster CIDR as a value.
+pub fn cluster_cidr() -> Ipv4Cidr {
+    Ipv4Cidr::new(Ipv4Addr::new(10, 244, 0, 0), 16).expect("10.244.0.0/16 has no host bits")
+}
+
+/// The underlay CIDR as a value.
+pub fn underlay_cidr() -> Ipv4Cidr {
+    Ipv4Cidr::new(Ipv4Addr::new(192, 0, 2, 0), 24).expect("192.0.2.0/24 has no host bits")
+}
+
+/// Whether `netns` is one of lab `lab`'s namespaces.
+///
+/// Matches the exact name grammar rather than the prefix, so `down` of lab
+/// `lumen` never touches lab `lumen-t1`'s namespaces.
+pub fn is_lab_netns(lab: &str, netns: &str) -> bool {
+    let Some(rest) = netns
+        .strip_prefix(lab)
+        .and_then(|rest| rest.strip_prefix('-'))
+    else {
+        return false;
+    };
+    let numbers = |s: &str, count: usize| {
+        let parts: Vec<&str> = s.split('-').collect();
+        parts.len() == count
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match rest {
+        "underlay" | "ext" => true,
+        _ => {
+            rest.strip_prefix("node-").is_some_and(|n| numbers(n, 1))
+                || rest.strip_prefix("pod-").is_some_and(|n| numbers(n, 2))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_addresses() {
+        assert_eq!(node_netns("lumen", 2), "lumen-node-2");
+        assert_eq!(pod_netns("t", 1, 3), "t-pod-1-3");
+        assert_eq!(node_ip(1), Ipv4Addr::new(192, 0, 2, 11));
+        assert_eq!(pod_cidr(2).to_string(), "10.244.2.0/24");
+        assert_eq!(cluster_cidr().to_string(), CLUSTER_CIDR);
+        assert_eq!(underlay_cidr().to_string(), UNDERLAY_CIDR);
+        assert_eq!(
+            netns_path("lumen-pod-1-1"),
+            PathBuf::from("/run/netns/lumen-pod-1-1")
+        );
+    }
+
+    #[test]
+    fn lab_netns_matching_is_exact() {
+        for ns in [
+            "lumen-underlay",
+            "lumen-ext",
+            "lumen-node-1",
+            "lumen-node-12",
+            "lumen-pod-1-3",
+        ] {
+            assert!(is_lab_netns("lumen", ns), "{ns}");
+        }
+        for ns in [
+            "lumen-t1-node-1",
+            "lumen-t1-underlay",
+            "lumen-node-1-pod-1-1",
+            "lumen-node-",
+            "lumen-pod-1",
+            "lumen-pod-1-x",
+            "lumenx-ext",
+            "lumen",
+            "other-ext",
+        ] {
+            assert!(!is_lab_netns("lumen", ns), "{ns}");
+        }
+        assert!(is_lab_netns("lumen-t1", "lumen-t1-node-1"));
+    }
+
+    #[test]
+    fn validates_config() {
+        let ok = LabConfig::default();
+        assert!(ok.validate().is_ok());
+        for bad in [
+            LabConfig {
+                nodes: 0,
+                ..LabConfig::default()
+            },
+            LabConfig {
+                pods_per_node: 251,
+                ..LabConfig::default()
+            },
+            LabConfig {
+                name: "Bad_Name".into(),
+                ..LabConfig::default()
+            },
+            LabConfig {
+                name: "-x".into(),
+                ..LabConfig::default()
+            },
+            LabConfig {
+                name: String::new(),
+                ..LabConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bin_dir_skips_cargo_deps() {
+        assert_ne!(default_bin_dir().file_name(), Some("deps".as_ref()));
+    }
+}

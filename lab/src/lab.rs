@@ -1,0 +1,550 @@
+//! A running lab as one value: `up` builds it step by step (reporting progress),
+//! `open` finds it again from its state file, and the accessors answer "which
+//! namespace / address is X" for `exec`, `probe` and the tests.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::Duration;
+
+use lumen_api::Ipv4Cidr;
+use lumen_api::client::Client;
+use serde_json::Value;
+
+use crate::cni_exec::{self, CniCommand};
+use crate::config::{self, LabConfig};
+use crate::down::{DownReport, down};
+use crate::manifest;
+use crate::process;
+use crate::state::{External, LabState, Node, Pod, create_dir, write_atomic};
+use crate::status::{self, Status};
+use crate::topology::{self, describe};
+use crate::LabError;
+
+/// How long an agent gets to answer `/healthz`.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an echo server gets to bind its ports.
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One finished step of `up`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Underlay { netns: String, cidr: Ipv4Cidr },
+    External { netns: String, ip: Ipv4Addr },
+    Node { node: String, netns: String, ip: Ipv4Addr },
+    Manifests { dir: PathBuf },
+    AgentReady { node: String, pid: u32 },
+    PodAttached { pod: String, node: String, ip: Ipv4Addr },
+    ServerStarted { name: String, pid: u32 },
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Underlay { netns, cidr } => write!(f, "underlay {netns} ready ({cidr})"),
+            Self::External { netns, ip } => write!(f, "external host {netns} ready ({ip})"),
+            Self::Node { node, netns, ip } => write!(f, "{node} netns {netns} ready ({ip})"),
+            Self::Manifests { dir } => write!(f, "manifests written to {}", dir.display()),
+            Self::AgentReady { node, pid } => write!(f, "{node} agent ready (pid {pid})"),
+            Self::PodAttached { pod, node, ip } => write!(f, "{pod} attached on {node} ({ip})"),
+            Self::ServerStarted { name, pid } => {
+                write!(f, "{name} echo server listening (pid {pid})")
+            }
+        }
+    }
+}
+
+/// A lab that is up (or was, if its processes died since).
+#[derive(Debug, Clone)]
+pub struct Lab {
+    state: LabState,
+}
+
+impl Lab {
+    /// Build the lab described by `config`, calling `progress` after each step.
+    /// On failure everything built so far is removed again.
+    pub fn up(config: &LabConfig, progress: &mut dyn FnMut(Progress)) -> Result<Self, LabError> {
+        config.validate()?;
+        let bin_dir = std::path::absolute(&config.bin_dir).map_err(|source| LabError::Io {
+            action: "resolve",
+            path: config.bin_dir.clone(),
+            source,
+        })?;
+        for bin in ["lumen-agent", "lumen-cni", "lumen"] {
+            if !bin_dir.join(bin).is_file() {
+                return Err(LabError::Config {
+                    reason: format!(
+                        "{bin} not found in {} (build the workspace first)",
+                        bin_dir.display()
+                    ),
+                });
+            }
+        }
+        ensure_absent(config)?;
+        let config = LabConfig {
+            bin_dir,
+            ..config.clone()
+        };
+        let mut lab = Self {
+            state: LabState::plan(&config),
+        };
+        match lab.build(progress) {
+            Ok(()) => Ok(lab),
+            Err(err) => {
+                // The build error is what the caller needs; a cleanup failure would
+                // only hide it, and `down` can be run again by hand.
+                let _ = down(&config.name, &config.state_root);
+                Err(err)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_state(state: LabState) -> Self {
+        Self { state }
+    }
+
+    /// The lab `name` under `state_root`, from its state file.
+    pub fn open(name: &str, state_root: &Path) -> Result<Self, LabError> {
+        config::validate_name(name)?;
+        Ok(Self {
+            state: LabState::load(name, state_root)?,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    pub fn state_root(&self) -> &Path {
+        &self.state.state_root
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.state.nodes
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.state.pods
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.state.node(name)
+    }
+
+    pub fn pod(&self, name: &str) -> Option<&Pod> {
+        self.state.pod(name)
+    }
+
+    pub fn external(&self) -> &External {
+        &self.state.external
+    }
+
+    /// The network namespace of a pod, a node, `external` or `underlay` (a lab
+    /// namespace name is accepted as itself).
+    pub fn netns_of(&self, name: &str) -> Option<String> {
+        let s = &self.state;
+        if let Some(pod) = s.pod(name) {
+            return Some(pod.netns.clone());
+        }
+        if let Some(node) = s.node(name) {
+            return Some(node.netns.clone());
+        }
+        match name {
+            config::EXTERNAL_NAME => Some(s.external.netns.clone()),
+            config::UNDERLAY_NAME => Some(s.underlay.netns.clone()),
+            _ if s.netns_names().iter().any(|ns| ns == name) => Some(name.to_owned()),
+            _ => None,
+        }
+    }
+
+    /// The address of a pod (its pod IP), a node (its underlay IP), `external`,
+    /// `underlay` (the bridge) or a literal IPv4 address.
+    pub fn address_of(&self, name: &str) -> Option<Ipv4Addr> {
+        let s = &self.state;
+        if let Some(pod) = s.pod(name) {
+            return pod.ip;
+        }
+        if let Some(node) = s.node(name) {
+            return Some(node.underlay_ip);
+        }
+        match name {
+            config::EXTERNAL_NAME => Some(s.external.ip),
+            config::UNDERLAY_NAME => Some(s.underlay.gateway),
+            _ => name.parse().ok(),
+        }
+    }
+
+    /// Like [`Self::netns_of`], as an error for unknown names.
+    pub fn require_netns(&self, name: &str) -> Result<String, LabError> {
+        self.netns_of(name).ok_or_else(|| self.unknown(name))
+    }
+
+    /// Like [`Self::address_of`], as an error for unknown names and for pods
+    /// that have no address yet.
+    pub fn require_address(&self, name: &str) -> Result<Ipv4Addr, LabError> {
+        if let Some(pod) = self.pod(name) {
+            return pod.ip.ok_or_else(|| LabError::NoAddress {
+                name: name.to_owned(),
+            });
+        }
+        self.address_of(name).ok_or_else(|| self.unknown(name))
+    }
+
+    fn unknown(&self, name: &str) -> LabError {
+        LabError::UnknownTarget {
+            lab: self.state.name.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// A client for the agent of node `node`.
+    pub fn client(&self, node: &str) -> Option<Client> {
+        self.node(node)
+            .map(|n| Client::new(&n.socket, Duration::from_secs(2)))
+    }
+
+    /// Processes alive, pod identities from the agents.
+    pub fn status(&self) -> Status {
+        status::gather(&self.state)
+    }
+
+    /// Run the CNI plugin for `pod` as a runtime would. Does not change the lab's
+    /// record of the pod (its IP stays what `up` saw).
+    pub fn cni(&self, pod: &str, command: CniCommand) -> Result<Value, LabError> {
+        let pod = self.pod(pod).ok_or_else(|| self.unknown(pod))?;
+        let node = self
+            .node(&pod.node)
+            .ok_or_else(|| self.unknown(&pod.node))?;
+        cni_exec::invoke(&self.state.bin_dir, node, pod, command)
+    }
+
+    /// CNI DEL for `pod`.
+    pub fn cni_del(&self, pod: &str) -> Result<(), LabError> {
+        self.cni(pod, CniCommand::Del).map(drop)
+    }
+
+    /// Run `argv` inside the namespace of `target` (see [`Self::netns_of`]) with
+    /// inherited stdio.
+    pub fn exec(&self, target: &str, argv: &[String]) -> Result<ExitStatus, LabError> {
+        let netns = self.require_netns(target)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &netns]).args(argv);
+        cmd.status().map_err(|source| LabError::Spawn {
+            command: describe(&cmd),
+            source,
+        })
+    }
+
+    /// Remove the lab (see [`crate::down()`]).
+    pub fn down(self) -> Result<DownReport, LabError> {
+        down(&self.state.name, &self.state.state_root)
+    }
+
+    // === building ===
+
+    fn build(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), LabError> {
+        self.create_dirs()?;
+        self.state.save()?;
+
+        let s = &self.state;
+        topology::create_underlay(&s.underlay)?;
+        progress(Progress::Underlay {
+            netns: s.underlay.netns.clone(),
+            cidr: s.underlay.cidr,
+        });
+        topology::create_external(&s.underlay, &s.external)?;
+        progress(Progress::External {
+            netns: s.external.netns.clone(),
+            ip: s.external.ip,
+        });
+        for node in &s.nodes {
+            topology::create_node(&s.underlay, node)?;
+            progress(Progress::Node {
+                node: node.name.clone(),
+                netns: node.netns.clone(),
+                ip: node.underlay_ip,
+            });
+        }
+
+        self.write_manifests()?;
+        progress(Progress::Manifests {
+            dir: self.state.manifests_dir(),
+        });
+
+        self.start_agents(progress)?;
+        self.attach_pods(progress)?;
+        Ok(())
+    }
+
+    fn create_dirs(&self) -> Result<(), LabError> {
+        let s = &self.state;
+        create_dir(&s.manifests_dir())?;
+        create_dir(&s.pods_dir())?;
+        for node in &s.nodes {
+            create_dir(&node.agent_state_dir)?;
+            let cni_dir = s.node_dir(node).join("cni");
+            create_dir(&cni_dir)?;
+            let conflist = cni_exec::conflist(node);
+            let bytes = serde_json::to_vec_pretty(&conflist).map_err(|source| LabError::State {
+                path: cni_dir.clone(),
+                source,
+            })?;
+            write_atomic(&cni_dir.join("10-lumen.conflist"), &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Every node is written before any agent starts: agents read the other nodes
+    /// for their routes.
+    fn write_manifests(&self) -> Result<(), LabError> {
+        let s = &self.state;
+        let dir = s.manifests_dir();
+        manifest::namespace(config::POD_NAMESPACE).write(&dir)?;
+        for node in &s.nodes {
+            manifest::node(node).write(&dir)?;
+        }
+        for pod in &s.pods {
+            if let Some(node) = s.node(&pod.node) {
+                manifest::pod(pod, node).write(&dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_agents(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), LabError> {
+        let mut children = Vec::new();
+        for i in 0..self.state.nodes.len() {
+            let node = &self.state.nodes[i];
+            let mut cmd = Command::new(self.state.bin_dir.join("lumen-agent"));
+            cmd.arg("--node-name")
+                .arg(&node.name)
+                .arg("--netns")
+                .arg(node.netns_path())
+                .arg("--socket")
+                .arg(&node.socket)
+                .arg("--state-dir")
+                .arg(&node.agent_state_dir)
+                .arg("--manifests")
+                .arg(self.state.manifests_dir())
+                .args(["--underlay-iface", "eth0", "--cluster-cidr", config::CLUSTER_CIDR]);
+            let child = process::spawn_detached(&mut cmd, &node.agent_log)?;
+            self.state.nodes[i].agent_pid = Some(child.id());
+            self.state.save()?;
+            children.push(child);
+        }
+        for (node, mut child) in self.state.nodes.iter().zip(children) {
+            process::wait_agent_ready(&mut child, node, AGENT_READY_TIMEOUT)?;
+            progress(Progress::AgentReady {
+                node: node.name.clone(),
+                pid: child.id(),
+            });
+        }
+        Ok(())
+    }
+
+    fn attach_pods(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), LabError> {
+        let mut servers: Vec<(String, PathBuf, Child)> = Vec::new();
+        for i in 0..self.state.pods.len() {
+            let pod = self.state.pods[i].clone();
+            let node = self
+                .state
+                .node(&pod.node)
+                .cloned()
+                .ok_or_else(|| self.unknown(&pod.node))?;
+            topology::create_pod(&pod)?;
+            let result = cni_exec::invoke(&self.state.bin_dir, &node, &pod, CniCommand::Add)?;
+            let ip = cni_exec::result_ip(&pod, &result)?;
+            self.state.pods[i].ip = Some(ip);
+            self.state.save()?;
+            manifest::pod(&self.state.pods[i], &node).write(&self.state.manifests_dir())?;
+            progress(Progress::PodAttached {
+                pod: pod.name.clone(),
+                node: node.name.clone(),
+                ip,
+            });
+            let child = self.start_server(&pod.netns, &pod.name, &pod.log, &pod.stats_file)?;
+            self.state.pods[i].server_pid = Some(child.id());
+            self.state.save()?;
+            servers.push((pod.name, pod.log, child));
+        }
+        let ext = self.state.external.clone();
+        let child = self.start_server(&ext.netns, &ext.name, &ext.log, &ext.stats_file)?;
+        self.state.external.server_pid = Some(child.id());
+        self.state.save()?;
+        servers.push((ext.name, ext.log, child));
+
+        for (name, log, mut child) in servers {
+            process::wait_listening(
+                &mut child,
+                &name,
+                &config::SERVER_PORTS,
+                &log,
+                SERVER_READY_TIMEOUT,
+            )?;
+            progress(Progress::ServerStarted {
+                name,
+                pid: child.id(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `ip netns exec NETNS lumen lab serve …`, detached; `ip` execs the server, so
+    /// the child's pid is the server's.
+    fn start_server(
+        &self,
+        netns: &str,
+        name: &str,
+        log: &Path,
+        stats_file: &Path,
+    ) -> Result<Child, LabError> {
+        let ports = config::SERVER_PORTS.map(|p| p.to_string()).join(",");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(self.state.bin_dir.join("lumen"))
+            .args(["lab", "serve", "--name", name, "--ports", &ports])
+            .arg("--stats-file")
+            .arg(stats_file);
+        process::spawn_detached(&mut cmd, log)
+    }
+}
+
+/// Refuse to build over an existing lab of the same name.
+fn ensure_absent(config: &LabConfig) -> Result<(), LabError> {
+    let state = config::state_dir(&config.state_root, &config.name).join(crate::state::STATE_FILE);
+    let exists = |what: String| LabError::AlreadyUp {
+        name: config.name.clone(),
+        what,
+    };
+    if state.exists() {
+        return Err(exists(format!("{} exists", state.display())));
+    }
+    if let Some(ns) = topology::list_netns()?
+        .into_iter()
+        .find(|ns| config::is_lab_netns(&config.name, ns))
+    {
+        return Err(exists(format!("namespace {ns} exists")));
+    }
+    Ok(())
+}
+
+/// A lab that is taken down when the guard is dropped — also on panic, so tests
+/// never leave namespaces or processes behind.
+#[derive(Debug)]
+pub struct LabGuard {
+    lab: Lab,
+}
+
+impl LabGuard {
+    /// Build a lab guarded from the start.
+    pub fn up(config: &LabConfig, progress: &mut dyn FnMut(Progress)) -> Result<Self, LabError> {
+        Lab::up(config, progress).map(Self::new)
+    }
+
+    pub fn new(lab: Lab) -> Self {
+        Self { lab }
+    }
+
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl std::ops::Deref for LabGuard {
+    type Target = Lab;
+
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Err(err) = down(self.lab.name(), self.lab.state_root()) {
+            // Drop cannot return the error; say it where the test output shows it.
+            eprintln!("lumen-lab: removing lab {} failed: {err}", self.lab.name());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tests::{TempDir, config};
+
+    fn lab(root: &Path) -> Lab {
+        let mut state = LabState::plan(&config(root));
+        state.pods[1].ip = Some(Ipv4Addr::new(10, 244, 1, 3));
+        Lab { state }
+    }
+
+    #[test]
+    fn resolves_names() {
+        let lab = lab(Path::new("/r"));
+        assert_eq!(lab.netns_of("pod-1-2").as_deref(), Some("t-pod-1-2"));
+        assert_eq!(lab.netns_of("node-2").as_deref(), Some("t-node-2"));
+        assert_eq!(lab.netns_of("external").as_deref(), Some("t-ext"));
+        assert_eq!(lab.netns_of("underlay").as_deref(), Some("t-underlay"));
+        assert_eq!(lab.netns_of("t-pod-2-2").as_deref(), Some("t-pod-2-2"));
+        assert_eq!(lab.netns_of("pod-9-9"), None);
+        assert_eq!(lab.address_of("pod-1-2"), Some(Ipv4Addr::new(10, 244, 1, 3)));
+        assert_eq!(lab.address_of("pod-1-1"), None);
+        assert_eq!(lab.address_of("node-2"), Some(Ipv4Addr::new(192, 0, 2, 12)));
+        assert_eq!(lab.address_of("external"), Some(config::EXTERNAL_IP));
+        assert_eq!(lab.address_of("10.244.2.3"), Some(Ipv4Addr::new(10, 244, 2, 3)));
+        let err = lab.require_netns("nope").unwrap_err();
+        assert!(matches!(err, LabError::UnknownTarget { .. }), "{err}");
+        assert!(lab.client("node-1").is_some());
+        assert!(lab.cni("nope", CniCommand::Del).is_err());
+    }
+
+    #[test]
+    fn open_reads_saved_state() {
+        let dir = TempDir::new("open");
+        let lab = lab(&dir.0);
+        create_dir(&lab.state.state_dir).unwrap();
+        lab.state.save().unwrap();
+        let opened = Lab::open("t", &dir.0).unwrap();
+        assert_eq!(opened.state(), lab.state());
+        assert_eq!(opened.pods().len(), 4);
+        assert!(matches!(
+            Lab::open("other", &dir.0).unwrap_err(),
+            LabError::NotUp { .. }
+        ));
+    }
+
+    #[test]
+    fn up_refuses_missing_binaries_and_bad_config() {
+        let dir = TempDir::new("up");
+        let mut cfg = config(&dir.0);
+        cfg.bin_dir = dir.0.clone();
+        let err = Lab::up(&cfg, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("lumen-agent not found"), "{err}");
+        cfg.nodes = 0;
+        let err = Lab::up(&cfg, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, LabError::Config { .. }), "{err}");
+    }
+
+    #[test]
+    fn progress_lines() {
+        let line = Progress::AgentReady {
+            node: "node-1".into(),
+            pid: 1234,
+        }
+        .to_string();
+        assert_eq!(line, "node-1 agent ready (pid 1234)");
+        let line = Progress::PodAttached {
+            pod: "pod-1-1".into(),
+            node: "node-1".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+        }
+        .to_string();
+        assert_eq!(line, "pod-1-1 attached on node-1 (10.244.1.2)");
+    }
+}

@@ -1,0 +1,83 @@
+//! ICMP echo (RFC 792) wire format for the ICMP probe: building a request and
+//! recognising the matching reply.
+
+pub(crate) const ECHO_REPLY: u8 = 0;
+pub(crate) const ECHO_REQUEST: u8 = 8;
+const HEADER_LEN: usize = 8;
+
+/// An echo request carrying `payload`, checksummed.
+pub(crate) fn echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(HEADER_LEN + payload.len());
+    packet.extend_from_slice(&[ECHO_REQUEST, 0, 0, 0]);
+    packet.extend_from_slice(&id.to_be_bytes());
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(payload);
+    let checksum = internet_checksum(&packet);
+    packet[2..4].copy_from_slice(&checksum.to_be_bytes());
+    packet
+}
+
+/// Whether `packet` (an ICMP message without IP header) is an intact echo reply to
+/// the request with `id` and `seq`.
+pub(crate) fn is_echo_reply(packet: &[u8], id: u16, seq: u16) -> bool {
+    packet.len() >= HEADER_LEN
+        && packet[0] == ECHO_REPLY
+        && packet[1] == 0
+        && u16::from_be_bytes([packet[4], packet[5]]) == id
+        && u16::from_be_bytes([packet[6], packet[7]]) == seq
+        && internet_checksum(packet) == 0
+}
+
+/// RFC 1071 ones'-complement sum; over a packet that carries its checksum it is 0.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|pair| {
+            u32::from(u16::from_be_bytes([
+                pair[0],
+                pair.get(1).copied().unwrap_or(0),
+            ]))
+        })
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 §3: the sum of these bytes is 0xddf2.
+        assert_eq!(
+            internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
+        assert_eq!(internet_checksum(&[0xff]), !0xff00);
+    }
+
+    #[test]
+    fn reply_matches_request_ids() {
+        let request = echo_request(0x1234, 7, b"lumen");
+        assert_eq!(internet_checksum(&request), 0);
+        assert!(
+            !is_echo_reply(&request, 0x1234, 7),
+            "a request is not a reply"
+        );
+
+        // A reply is the request with type 0 and the checksum adjusted by 0x0800.
+        let mut reply = request.clone();
+        reply[0] = ECHO_REPLY;
+        reply[2..4].copy_from_slice(&[0, 0]);
+        let checksum = internet_checksum(&reply);
+        reply[2..4].copy_from_slice(&checksum.to_be_bytes());
+        assert!(is_echo_reply(&reply, 0x1234, 7));
+        assert!(!is_echo_reply(&reply, 0x1234, 8));
+        assert!(!is_echo_reply(&reply, 0x1235, 7));
+        reply[9] ^= 1;
+        assert!(!is_echo_reply(&reply, 0x1234, 7), "corrupt payload");
+    }
+}
