@@ -408,7 +408,7 @@ impl Lab {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns])
             .arg(self.state.bin_dir.join("lumen"))
-            .args(["lab", "serve", "--name", name, "--ports", &ports])
+            .args(["lab", "serve", "--sctp", "--name", name, "--ports", &ports])
             .arg("--stats-file")
             .arg(stats_file);
         process::spawn_detached(&mut cmd, log)

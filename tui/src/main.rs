@@ -1,1 +1,69 @@
-fn main() {}
+//! `lumen`: the user's command. Parses arguments and hands each subcommand to its
+//! module; the work itself lives in the libraries.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod lab_cmd;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lumen",
+    version,
+    about = "Lumen: a Kubernetes CNI whose product is visibility"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A Lumen cluster on this machine, built from network namespaces
+    Lab(lab_cmd::LabArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lab(args) => lab_cmd::run(args).map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn lab_subcommands_parse() {
+        for args in [
+            &["lumen", "lab", "up"][..],
+            &["lumen", "lab", "up", "--name", "t1", "--nodes", "2", "--pods", "2"],
+            &["lumen", "lab", "status", "-o", "json"],
+            &["lumen", "lab", "down", "--name", "t1"],
+            &["lumen", "lab", "exec", "pod-1-1", "--", "ip", "-br", "addr"],
+            &["lumen", "lab", "probe", "pod-1-1", "external", "81/udp"],
+            &["lumen", "lab", "serve", "--name", "pod-1-1", "--ports", "80,81"],
+            &["lumen", "lab", "traffic", "--interval-ms", "100"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        assert!(Cli::try_parse_from(["lumen", "lab", "exec", "pod-1-1"]).is_err());
+        assert!(Cli::try_parse_from(["lumen", "lab", "up", "--nodes", "x"]).is_err());
+    }
+}

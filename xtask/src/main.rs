@@ -1,1 +1,244 @@
-fn main() {}
+//! `cargo xtask`: the project's tasks — deps, build, test, demo, bench, lint.
+//!
+//! Every task that needs system packages installs them first (`deps`), so the two
+//! README commands work on a fresh Debian machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the project needs, and why.
+const PACKAGES: &[(&str, &str)] = &[
+    ("clang", "compiles the C BPF datapath"),
+    ("llvm", "BPF object tools"),
+    ("libbpf-dev", "bpf_helpers.h for the datapath"),
+    ("iproute2", "ip: namespaces and links of the lab"),
+    ("nftables", "masquerade inside node namespaces"),
+    ("iperf3", "throughput benchmark"),
+    ("tcpdump", "underlay captures"),
+    ("tshark", "decodes VXLAN tags and IPFIX in tests"),
+    ("containernetworking-plugins", "reference CNI plugins for comparison"),
+    ("procps", "process inspection"),
+];
+
+#[derive(Debug, Parser)]
+#[command(about = "Lumen project tasks")]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install missing system packages (apt-get, non-interactive, idempotent).
+    Deps,
+    /// Build every binary (debug).
+    Build,
+    /// Run all tests: unit, privileged and end-to-end (needs root).
+    Test {
+        /// Only the unit tests (no root needed).
+        #[arg(long)]
+        unit: bool,
+    },
+    /// Bring up the lab with traffic; tear it down on Ctrl-C.
+    Demo {
+        #[arg(long, default_value_t = 2)]
+        nodes: u32,
+        #[arg(long, default_value_t = 3)]
+        pods: u32,
+    },
+    /// Run a benchmark: datapath, cni or bpf.
+    Bench {
+        name: String,
+        #[arg(trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn locked() -> &'static [&'static str] {
+    if std::env::var_os("CI").is_some() {
+        &["--locked"]
+    } else {
+        &[]
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    match args.task {
+        Task::Deps => deps(),
+        Task::Build => build(false),
+        Task::Test { unit } => test(unit),
+        Task::Demo { nodes, pods } => demo(nodes, pods),
+        Task::Bench { name, rest } => bench(&name, &rest),
+        Task::Lint => {
+            status(cargo().args(["fmt", "--all", "--check"]))?;
+            status(cargo().args(["clippy", "--workspace", "--all-targets"]).args(locked()).args(["--", "-D", "warnings"]))
+        }
+    }
+}
+
+fn deps() -> Result<()> {
+    let missing: Vec<&(&str, &str)> = PACKAGES
+        .iter()
+        .filter(|(pkg, _)| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", pkg])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        println!("deps: all {} system packages present", PACKAGES.len());
+        return Ok(());
+    }
+    println!("deps: installing missing Debian packages:");
+    for (pkg, why) in &missing {
+        println!("  {pkg:<30} {why}");
+    }
+    if !is_root() {
+        bail!("installing packages needs root: run as root (the lab needs root too)");
+    }
+    status(Command::new("apt-get").args(["update", "-q"]))?;
+    status(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing.iter().map(|(p, _)| *p)),
+    )
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--workspace", "--bins"]).args(locked());
+    if release {
+        cmd.arg("--release");
+    }
+    status(&mut cmd)
+}
+
+fn test(unit: bool) -> Result<()> {
+    if unit {
+        return status(cargo().args(["test", "--workspace", "--exclude", "lumen-tests"]).args(locked()));
+    }
+    deps()?;
+    if !is_root() {
+        bail!("the privileged and end-to-end tests need root (use --unit for the rest)");
+    }
+    build(false)?;
+    status(cargo().args(["test", "--workspace", "--exclude", "lumen-tests"]).args(locked()))?;
+    // End-to-end tests build whole labs: one at a time on a small machine.
+    status(
+        cargo()
+            .args(["test", "-p", "lumen-tests"])
+            .args(locked())
+            .args(["--", "--test-threads=1"]),
+    )
+}
+
+fn bin_dir(release: bool) -> PathBuf {
+    root().join("target").join(if release { "release" } else { "debug" })
+}
+
+fn demo(nodes: u32, pods: u32) -> Result<()> {
+    deps()?;
+    if !is_root() {
+        bail!("the lab needs root");
+    }
+    build(false)?;
+    let lumen = bin_dir(false).join("lumen");
+    let n = nodes.to_string();
+    let p = pods.to_string();
+    status(Command::new(&lumen).args(["lab", "down", "--name", "demo"]))?;
+    status(Command::new(&lumen).args(["lab", "up", "--name", "demo", "--nodes", &n, "--pods", &p]))?;
+    let traffic = Command::new(&lumen)
+        .args(["lab", "traffic", "--name", "demo"])
+        .spawn()
+        .context("starting the traffic generator")?;
+    println!();
+    println!("Lumen demo is running: {nodes} nodes x {pods} pods, steady TCP/UDP/ICMP traffic between all pods.");
+    println!("Look at it from another terminal:");
+    println!("  {} lab status --name demo", lumen.display());
+    println!("  {} lab probe --name demo pod-1-1 pod-2-1 80/tcp", lumen.display());
+    println!("  {} lab exec --name demo pod-1-1 -- ping -c3 <ip of pod-2-1>", lumen.display());
+    println!("  ip netns exec demo-underlay tshark -i br0 -d udp.port==4789,vxlan -T fields -e ip.src -e ip.dst -e vxlan.vni");
+    println!("Press Ctrl-C to stop and tear everything down.");
+    wait_for_ctrl_c();
+    let mut traffic = traffic;
+    let _ = traffic.kill();
+    let _ = traffic.wait();
+    status(Command::new(&lumen).args(["lab", "down", "--name", "demo"]))
+}
+
+/// Block until SIGINT or SIGTERM, which then no longer kill xtask itself: the
+/// teardown after it must run. Children get a fresh signal mask from std.
+fn wait_for_ctrl_c() {
+    // SAFETY: plain libc signal-set manipulation on a local, initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+    }
+}
+
+fn bench(name: &str, rest: &[String]) -> Result<()> {
+    deps()?;
+    if !is_root() {
+        bail!("benchmarks build labs and load BPF: run as root");
+    }
+    build(true)?;
+    status(
+        cargo()
+            .args(["run", "--release", "-p", "lumen-tests", "--bin", "lumen-bench", "--"])
+            .args(locked())
+            .arg(name)
+            .args(rest),
+    )
+}

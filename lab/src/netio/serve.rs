@@ -58,6 +58,12 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    #[error("the sctp responder on {addr} failed")]
+    SctpResponder {
+        addr: Ipv4Addr,
+        #[source]
+        source: io::Error,
+    },
     #[error("{proto} listener on port {port} failed")]
     Listener {
         proto: Proto,
@@ -117,6 +123,7 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Server {
     name: String,
+    bind: Ipv4Addr,
     ports: Vec<u16>,
     tcp: Vec<(u16, TcpListener)>,
     udp: Vec<(u16, UdpSocket)>,
@@ -281,6 +288,7 @@ impl Server {
         let counters = Counters::new(config.name.clone(), keys, config.stats_file)?;
         Ok(Self {
             name: config.name,
+            bind: config.bind,
             ports,
             tcp,
             udp,
@@ -322,9 +330,10 @@ impl Server {
         }
         if let Some(socket) = self.sctp {
             let ports = self.ports;
+            let bind = self.bind;
             let responder = Arc::clone(&shared);
             spawn("sctp responder", move || {
-                let err = sctp_loop(&socket, &ports, &responder);
+                let err = sctp_loop(&socket, bind, &ports, &responder);
                 responder.fail(err);
             })?;
         }
@@ -474,19 +483,13 @@ fn udp_loop(socket: &UdpSocket, port: u16, shared: &Shared) -> ServeError {
 
 // === SCTP ===
 
-fn sctp_loop(socket: &Socket, ports: &[u16], shared: &Shared) -> ServeError {
+fn sctp_loop(socket: &Socket, bind: Ipv4Addr, ports: &[u16], shared: &Shared) -> ServeError {
     let mut buf = [0u8; RAW_BUF_LEN];
     loop {
         let n = match (&*socket).read(&mut buf) {
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return ServeError::Listener {
-                    proto: Proto::Sctp,
-                    port: ports.first().copied().unwrap_or(0),
-                    source,
-                };
-            }
+            Err(source) => return ServeError::SctpResponder { addr: bind, source },
         };
         let Some(packet) = ipv4::parse(&buf[..n]) else {
             continue;
@@ -508,5 +511,61 @@ fn sctp_loop(socket: &Socket, ports: &[u16], shared: &Shared) -> ServeError {
         }
         // Without IP_HDRINCL the kernel writes the IP header and picks the source.
         let _ = socket.send_to(&ack, &SockAddr::from(SocketAddrV4::new(packet.src, 0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(stats_file: Option<PathBuf>) -> ServeConfig {
+        ServeConfig {
+            bind: Ipv4Addr::LOCALHOST,
+            ports: vec![0],
+            sctp: false,
+            stats_file,
+            ..ServeConfig::new("pod-z")
+        }
+    }
+
+    #[test]
+    fn defaults_serve_80_and_81_everywhere() {
+        let config = ServeConfig::new("pod-z");
+        assert_eq!(config.ports, vec![80, 81]);
+        assert_eq!(config.bind, Ipv4Addr::UNSPECIFIED);
+        assert!(config.sctp);
+    }
+
+    #[test]
+    fn no_ports_is_an_error() {
+        let err = Server::bind(ServeConfig {
+            ports: Vec::new(),
+            ..config(None)
+        })
+        .unwrap_err();
+        assert!(matches!(err, ServeError::NoPorts), "{err:?}");
+    }
+
+    #[test]
+    fn stats_file_starts_at_zero() {
+        let path =
+            std::env::temp_dir().join(format!("lumen-serve-stats-{}.json", std::process::id()));
+        let server = Server::bind(config(Some(path.clone()))).unwrap();
+        let port = server.ports()[0];
+        let stats = read_stats(&path);
+        std::fs::remove_file(&path).unwrap();
+        let stats = stats.unwrap();
+        assert_eq!(stats.name, "pod-z");
+        let keys: Vec<&str> = stats.requests.keys().map(String::as_str).collect();
+        assert_eq!(keys, [format!("tcp/{port}"), format!("udp/{port}")]);
+        assert!(stats.requests.values().all(|&n| n == 0));
+        assert_eq!(stats, server.counters().snapshot());
+    }
+
+    #[test]
+    fn unwritable_stats_file_fails_bind() {
+        let path = PathBuf::from("/nonexistent-lumen-dir/stats.json");
+        let err = Server::bind(config(Some(path))).unwrap_err();
+        assert!(matches!(err, ServeError::WriteStats { .. }), "{err:?}");
     }
 }
