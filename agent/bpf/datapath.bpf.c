@@ -9,6 +9,7 @@
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
+#include <linux/if_packet.h>
 #include <bpf/bpf_helpers.h>
 
 #include "maps.h"
@@ -72,8 +73,13 @@ int from_overlay(struct __sk_buff *skb)
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_OK;
 	dst = endpoint_of(p.daddr);
-	if (!dst)
+	if (!dst) {
+		/* For this node's host stack (e.g. a pod's reply to the node): the inner
+		 * destination MAC is the sender's gateway, not ours. */
+		bpf_skb_change_type(skb, PACKET_HOST);
+		count(CNT_TO_STACK);
 		return TC_ACT_OK;
+	}
 	count(CNT_OVERLAY_DELIVERED);
 	return deliver_local(skb, &p, dst);
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 
 use crate::LabError;
-use crate::state::{Node, Pod};
+use crate::state::{Node, Pod, write_atomic};
 use crate::topology::describe;
 
 /// The CNI spec version the lab speaks.
@@ -43,8 +43,21 @@ impl fmt::Display for CniCommand {
 /// re-run of ADD or DEL names the same attachment.
 pub fn container_id(lab: &str, pod: &str) -> String {
     (0u8..4)
-        .map(|salt| format!("{:016x}", fnv1a(salt, format!("{lab}/{pod}").as_bytes())))
+        .map(|salt| {
+            let hash = fmix64(fnv1a(salt, format!("{lab}/{pod}").as_bytes()));
+            format!("{hash:016x}")
+        })
         .collect()
+}
+
+/// MurmurHash3's finalizer: FNV-1a alone leaves names that differ in their last
+/// character with ids that share most leading digits, and tools show id prefixes.
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// 64-bit FNV-1a over `salt` then `bytes`: tiny, deterministic across builds and
@@ -78,13 +91,59 @@ pub fn conflist(node: &Node) -> Value {
     json!({ "cniVersion": CNI_VERSION, "name": "lumen", "plugins": [plugin] })
 }
 
-/// Run `<bin_dir>/lumen-cni` for `pod` from `node`'s namespace. Returns the
+/// Run `<bin_dir>/lumen-cni` for `pod` from `node`'s namespace, as a runtime
+/// does: the ADD result is cached in `pod.cni_result` and handed back as
+/// `prevResult` to CHECK and DEL; a successful DEL drops the cache. Returns the
 /// plugin's JSON answer (`null` when it printed nothing, as DEL may).
 pub fn invoke(
     bin_dir: &Path,
     node: &Node,
     pod: &Pod,
     command: CniCommand,
+) -> Result<Value, LabError> {
+    let mut config = network_config(node);
+    if command != CniCommand::Add
+        && let Some(prev) = read_cached_result(&pod.cni_result)
+        && let Some(obj) = config.as_object_mut()
+    {
+        obj.insert("prevResult".to_owned(), prev);
+    }
+    let answer = run_plugin(bin_dir, node, pod, command, &config)?;
+    match command {
+        CniCommand::Add => {
+            let bytes = serde_json::to_vec(&answer).map_err(|source| LabError::State {
+                path: pod.cni_result.clone(),
+                source,
+            })?;
+            write_atomic(&pod.cni_result, &bytes)?;
+        }
+        CniCommand::Del => match std::fs::remove_file(&pod.cni_result) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LabError::Io {
+                    action: "remove",
+                    path: pod.cni_result.clone(),
+                    source: err,
+                });
+            }
+            _ => {}
+        },
+        CniCommand::Check => {}
+    }
+    Ok(answer)
+}
+
+/// A cached ADD result; an unreadable cache is as good as none, as for runtimes.
+fn read_cached_result(path: &Path) -> Option<Value> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn run_plugin(
+    bin_dir: &Path,
+    node: &Node,
+    pod: &Pod,
+    command: CniCommand,
+    config: &Value,
 ) -> Result<Value, LabError> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     let mut cmd = Command::new("ip");
@@ -113,7 +172,7 @@ pub fn invoke(
         source,
     };
     let mut child = cmd.spawn().map_err(spawn_err)?;
-    let config = network_config(node).to_string();
+    let config = config.to_string();
     if let Some(mut stdin) = child.stdin.take() {
         // A plugin that exits without reading its config shows up in its answer;
         // a broken pipe here adds nothing.
@@ -138,7 +197,11 @@ fn parse_answer(
     stderr: &str,
 ) -> Result<Value, LabError> {
     let text = String::from_utf8_lossy(stdout);
-    let output = || format!("{} {}", text.trim(), stderr.trim()).trim().to_owned();
+    let output = || {
+        format!("{} {}", text.trim(), stderr.trim())
+            .trim()
+            .to_owned()
+    };
     let unexpected = |reason: &str| LabError::CniOutput {
         pod: pod.name.clone(),
         command: command.to_string(),
@@ -148,8 +211,7 @@ fn parse_answer(
     if success && text.trim().is_empty() {
         return Ok(Value::Null);
     }
-    let value: Value =
-        serde_json::from_str(&text).map_err(|_| unexpected("output is not JSON"))?;
+    let value: Value = serde_json::from_str(&text).map_err(|_| unexpected("output is not JSON"))?;
     if success {
         return Ok(value);
     }
@@ -199,12 +261,19 @@ mod tests {
     fn container_ids_are_stable_and_distinct() {
         let a = container_id("lumen", "pod-1-1");
         assert_eq!(a.len(), 64);
-        assert!(a.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_eq!(a, container_id("lumen", "pod-1-1"));
         assert_ne!(a, container_id("lumen", "pod-1-2"));
         assert_ne!(a, container_id("other", "pod-1-1"));
         // Pinned so ids survive refactoring: agents persist them in IPAM state.
-        assert_eq!(&a[..16], &format!("{:016x}", fnv1a(0, b"lumen/pod-1-1")));
+        assert_eq!(
+            &a[..16],
+            &format!("{:016x}", fmix64(fnv1a(0, b"lumen/pod-1-1")))
+        );
+        assert_ne!(&a[..12], &container_id("lumen", "pod-1-2")[..12]);
         assert_eq!(fnv1a(0, b""), 0xaf63_bd4c_8601_b7df);
     }
 
@@ -227,7 +296,10 @@ mod tests {
         let pod = &state.pods[0];
         let ok = br#"{"cniVersion":"1.1.0","ips":[{"address":"10.244.1.2/24","gateway":"169.254.1.1"}]}"#;
         let value = parse_answer(pod, CniCommand::Add, true, ok, "").unwrap();
-        assert_eq!(result_ip(pod, &value).unwrap(), Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(
+            result_ip(pod, &value).unwrap(),
+            Ipv4Addr::new(10, 244, 1, 2)
+        );
         assert!(result_ip(pod, &json!({"ips": []})).is_err());
 
         assert_eq!(

@@ -71,7 +71,10 @@ impl LabConfig {
     pub fn validate(&self) -> Result<(), LabError> {
         validate_name(&self.name)?;
         let reason = if !(1..=MAX_NODES).contains(&self.nodes) {
-            format!("nodes must be between 1 and {MAX_NODES}, not {}", self.nodes)
+            format!(
+                "nodes must be between 1 and {MAX_NODES}, not {}",
+                self.nodes
+            )
         } else if self.pods_per_node > MAX_PODS_PER_NODE {
             format!(
                 "pods per node must be at most {MAX_PODS_PER_NODE}, not {}",
@@ -166,8 +169,7 @@ pub fn node_ip(node: u32) -> Ipv4Addr {
 /// Node `node`'s pod CIDR: `10.244.<node>.0/24`.
 pub fn pod_cidr(node: u32) -> Ipv4Cidr {
     let third = u8::try_from(node).unwrap_or(u8::MAX);
-    Ipv4Cidr::new(Ipv4Addr::new(10, 244, third, 0), 24)
-        .expect("x.y.z.0/24 has no host bits")
+    Ipv4Cidr::new(Ipv4Addr::new(10, 244, third, 0), 24).expect("x.y.z.0/24 has no host bits")
 }
 
 /// The cluster CIDR as a value.

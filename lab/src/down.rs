@@ -145,7 +145,10 @@ mod tests {
         let dir = TempDir::new("down");
         let report = down("lumen-unit-absent", &dir.0).unwrap();
         assert!(report.is_empty(), "{report:?}");
-        assert_eq!(report.to_string(), "lab lumen-unit-absent: nothing to remove");
+        assert_eq!(
+            report.to_string(),
+            "lab lumen-unit-absent: nothing to remove"
+        );
         assert!(down("Bad Name", &dir.0).is_err());
     }
 

@@ -12,6 +12,7 @@ use lumen_api::Ipv4Cidr;
 use lumen_api::client::Client;
 use serde_json::Value;
 
+use crate::LabError;
 use crate::cni_exec::{self, CniCommand};
 use crate::config::{self, LabConfig};
 use crate::down::{DownReport, down};
@@ -20,7 +21,6 @@ use crate::process;
 use crate::state::{External, LabState, Node, Pod, create_dir, write_atomic};
 use crate::status::{self, Status};
 use crate::topology::{self, describe};
-use crate::LabError;
 
 /// How long an agent gets to answer `/healthz`.
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -30,13 +30,35 @@ const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// One finished step of `up`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
-    Underlay { netns: String, cidr: Ipv4Cidr },
-    External { netns: String, ip: Ipv4Addr },
-    Node { node: String, netns: String, ip: Ipv4Addr },
-    Manifests { dir: PathBuf },
-    AgentReady { node: String, pid: u32 },
-    PodAttached { pod: String, node: String, ip: Ipv4Addr },
-    ServerStarted { name: String, pid: u32 },
+    Underlay {
+        netns: String,
+        cidr: Ipv4Cidr,
+    },
+    External {
+        netns: String,
+        ip: Ipv4Addr,
+    },
+    Node {
+        node: String,
+        netns: String,
+        ip: Ipv4Addr,
+    },
+    Manifests {
+        dir: PathBuf,
+    },
+    AgentReady {
+        node: String,
+        pid: u32,
+    },
+    PodAttached {
+        pod: String,
+        node: String,
+        ip: Ipv4Addr,
+    },
+    ServerStarted {
+        name: String,
+        pid: u32,
+    },
 }
 
 impl fmt::Display for Progress {
@@ -224,6 +246,26 @@ impl Lab {
         cni_exec::invoke(&self.state.bin_dir, node, pod, command)
     }
 
+    /// CNI ADD for `pod`, recording its (possibly new) IP in the lab's state and
+    /// in the pod's manifest, as a kubelet reports `status.podIP`.
+    pub fn attach(&mut self, pod: &str) -> Result<Ipv4Addr, LabError> {
+        let result = self.cni(pod, CniCommand::Add)?;
+        let index = self
+            .state
+            .pods
+            .iter()
+            .position(|p| p.name == pod)
+            .ok_or_else(|| self.unknown(pod))?;
+        let ip = cni_exec::result_ip(&self.state.pods[index], &result)?;
+        self.state.pods[index].ip = Some(ip);
+        self.state.save()?;
+        let pod = &self.state.pods[index];
+        if let Some(node) = self.state.node(&pod.node) {
+            manifest::pod(pod, node).write(&self.state.manifests_dir())?;
+        }
+        Ok(ip)
+    }
+
     /// CNI DEL for `pod`.
     pub fn cni_del(&self, pod: &str) -> Result<(), LabError> {
         self.cni(pod, CniCommand::Del).map(drop)
@@ -332,7 +374,12 @@ impl Lab {
                 .arg(&node.agent_state_dir)
                 .arg("--manifests")
                 .arg(self.state.manifests_dir())
-                .args(["--underlay-iface", "eth0", "--cluster-cidr", config::CLUSTER_CIDR]);
+                .args([
+                    "--underlay-iface",
+                    "eth0",
+                    "--cluster-cidr",
+                    config::CLUSTER_CIDR,
+                ]);
             let child = process::spawn_detached(&mut cmd, &node.agent_log)?;
             self.state.nodes[i].agent_pid = Some(child.id());
             self.state.save()?;
@@ -358,11 +405,7 @@ impl Lab {
                 .cloned()
                 .ok_or_else(|| self.unknown(&pod.node))?;
             topology::create_pod(&pod)?;
-            let result = cni_exec::invoke(&self.state.bin_dir, &node, &pod, CniCommand::Add)?;
-            let ip = cni_exec::result_ip(&pod, &result)?;
-            self.state.pods[i].ip = Some(ip);
-            self.state.save()?;
-            manifest::pod(&self.state.pods[i], &node).write(&self.state.manifests_dir())?;
+            let ip = self.attach(&pod.name)?;
             progress(Progress::PodAttached {
                 pod: pod.name.clone(),
                 node: node.name.clone(),
@@ -464,6 +507,12 @@ impl std::ops::Deref for LabGuard {
     }
 }
 
+impl std::ops::DerefMut for LabGuard {
+    fn deref_mut(&mut self) -> &mut Lab {
+        &mut self.lab
+    }
+}
+
 impl Drop for LabGuard {
     fn drop(&mut self) {
         if let Err(err) = down(self.lab.name(), self.lab.state_root()) {
@@ -493,11 +542,17 @@ mod tests {
         assert_eq!(lab.netns_of("underlay").as_deref(), Some("t-underlay"));
         assert_eq!(lab.netns_of("t-pod-2-2").as_deref(), Some("t-pod-2-2"));
         assert_eq!(lab.netns_of("pod-9-9"), None);
-        assert_eq!(lab.address_of("pod-1-2"), Some(Ipv4Addr::new(10, 244, 1, 3)));
+        assert_eq!(
+            lab.address_of("pod-1-2"),
+            Some(Ipv4Addr::new(10, 244, 1, 3))
+        );
         assert_eq!(lab.address_of("pod-1-1"), None);
         assert_eq!(lab.address_of("node-2"), Some(Ipv4Addr::new(192, 0, 2, 12)));
         assert_eq!(lab.address_of("external"), Some(config::EXTERNAL_IP));
-        assert_eq!(lab.address_of("10.244.2.3"), Some(Ipv4Addr::new(10, 244, 2, 3)));
+        assert_eq!(
+            lab.address_of("10.244.2.3"),
+            Some(Ipv4Addr::new(10, 244, 2, 3))
+        );
         let err = lab.require_netns("nope").unwrap_err();
         assert!(matches!(err, LabError::UnknownTarget { .. }), "{err}");
         assert!(lab.client("node-1").is_some());

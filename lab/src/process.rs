@@ -91,9 +91,9 @@ pub fn wait_listening(
         };
         let tcp = format!("{}{}", read("tcp"), read("tcp6"));
         let udp = format!("{}{}", read("udp"), read("udp6"));
-        let ready = ports
-            .iter()
-            .all(|&p| bound_ports(&tcp, Some(TCP_LISTEN)).contains(&p) && bound_ports(&udp, None).contains(&p));
+        let ready = ports.iter().all(|&p| {
+            bound_ports(&tcp, Some(TCP_LISTEN)).contains(&p) && bound_ports(&udp, None).contains(&p)
+        });
         if ready {
             return Ok(());
         }
@@ -238,9 +238,11 @@ mod tests {
     fn detached_process_lifecycle() {
         let dir = TempDir::new("proc");
         let log = dir.0.join("x.log");
-        let mut child =
-            spawn_detached(Command::new("sh").args(["-c", "echo started; exec sleep 30"]), &log)
-                .unwrap();
+        let mut child = spawn_detached(
+            Command::new("sh").args(["-c", "echo started; exec sleep 30"]),
+            &log,
+        )
+        .unwrap();
         let pid = child.id();
         assert!(is_alive(pid));
         while log_tail(&log, 1).is_empty() {

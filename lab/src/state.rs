@@ -80,6 +80,9 @@ pub struct Pod {
     pub server_pid: Option<u32>,
     pub log: PathBuf,
     pub stats_file: PathBuf,
+    /// The last ADD result, which CHECK and DEL pass back as `prevResult` (a
+    /// runtime's result cache).
+    pub cni_result: PathBuf,
 }
 
 impl Pod {
@@ -132,6 +135,7 @@ impl LabState {
                     server_pid: None,
                     log: pods_dir.join(format!("{name}.log")),
                     stats_file: pods_dir.join(format!("{name}.stats.json")),
+                    cni_result: pods_dir.join(format!("{name}.cni-result.json")),
                     name,
                 }
             })
@@ -281,10 +285,8 @@ pub(crate) mod tests {
         pub(crate) fn new(tag: &str) -> Self {
             static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let dir = std::env::temp_dir().join(format!(
-                "lumen-lab-test-{tag}-{}-{n}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("lumen-lab-test-{tag}-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             Self(dir)
         }
@@ -322,7 +324,10 @@ pub(crate) mod tests {
         let pod = state.pod("pod-2-1").unwrap();
         assert_eq!(pod.node, "node-2");
         assert_eq!(pod.netns_path(), PathBuf::from("/run/netns/t-pod-2-1"));
-        assert_eq!(pod.stats_file, PathBuf::from("/run/x/t/pods/pod-2-1.stats.json"));
+        assert_eq!(
+            pod.stats_file,
+            PathBuf::from("/run/x/t/pods/pod-2-1.stats.json")
+        );
         assert_eq!(state.external.netns, "t-ext");
         assert_eq!(state.underlay.netns, "t-underlay");
         assert_eq!(state.netns_names().len(), 2 + 2 + 4);

@@ -175,7 +175,8 @@ impl fmt::Display for Status {
                 format!("{}/{}", p.namespace, p.name),
                 p.node.clone(),
                 p.ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
-                p.identity.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+                p.identity
+                    .map_or_else(|| "-".to_owned(), |id| id.to_string()),
                 p.netns.clone(),
                 process_cell(p.server_pid, p.server_alive),
             ]);
@@ -250,7 +251,12 @@ mod tests {
             assert!(node.get(key).is_some(), "node lacks {key}: {node}");
         }
         assert_eq!(node["agent_alive"], false);
-        assert!(node["agent_error"].as_str().unwrap().contains("unreachable"));
+        assert!(
+            node["agent_error"]
+                .as_str()
+                .unwrap()
+                .contains("unreachable")
+        );
         let pod = &json["pods"][0];
         for key in [
             "name",
@@ -274,7 +280,10 @@ mod tests {
         assert_eq!(back, status);
 
         let table = status.to_string();
-        assert!(table.contains("default/pod-1-1  node-1  10.244.1.2"), "{table}");
+        assert!(
+            table.contains("default/pod-1-1  node-1  10.244.1.2"),
+            "{table}"
+        );
         assert!(table.contains("not started"), "{table}");
     }
 

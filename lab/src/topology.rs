@@ -123,7 +123,13 @@ pub fn create_external(underlay: &Underlay, external: &External) -> Result<(), L
     ip_in(ns, &["link", "set", "eth0", "up"])?;
     ip_in(
         ns,
-        &["route", "add", "default", "via", &external.gateway.to_string()],
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &external.gateway.to_string(),
+        ],
     )
 }
 
@@ -133,14 +139,23 @@ pub fn create_node(underlay: &Underlay, node: &Node) -> Result<(), LabError> {
     let peer = config::node_peer_ifname(node.index);
     add_netns(ns)?;
     veth_into(&underlay.netns, &peer, ns)?;
-    ip_in(&underlay.netns, &["link", "set", &peer, "master", &underlay.bridge])?;
+    ip_in(
+        &underlay.netns,
+        &["link", "set", &peer, "master", &underlay.bridge],
+    )?;
     ip_in(&underlay.netns, &["link", "set", &peer, "up"])?;
     let addr = format!("{}/{}", node.underlay_ip, underlay.cidr.prefix());
     ip_in(ns, &["addr", "add", &addr, "dev", "eth0"])?;
     ip_in(ns, &["link", "set", "eth0", "up"])?;
     ip_in(
         ns,
-        &["route", "add", "default", "via", &underlay.gateway.to_string()],
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &underlay.gateway.to_string(),
+        ],
     )
 }
 

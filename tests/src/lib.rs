@@ -1,1 +1,3 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests over the lab and real peers.
+
+pub mod harness;

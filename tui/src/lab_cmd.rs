@@ -1,6 +1,7 @@
 //! `lumen lab …`: the arguments of the lab subcommands and what they print; the
 //! lab itself is built, inspected and removed by `lumen-lab`.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus};
@@ -165,17 +166,22 @@ pub fn run(args: LabArgs) -> Result<ExitCode, LabCmdError> {
         LabCommand::Status { which, output } => {
             let status = Lab::open(&which.name, &which.state_root)?.status();
             match output {
-                Output::Text => print!("{status}"),
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status)
-                        .map_err(|source| LabCmdError::Json { what: "status", source })?
-                ),
+                Output::Text => emit(&status.to_string()),
+                Output::Json => emit(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&status).map_err(|source| LabCmdError::Json {
+                        what: "status",
+                        source
+                    })?
+                )),
             }
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Down { which } => {
-            println!("{}", lumen_lab::down(&which.name, &which.state_root)?);
+            emit(&format!(
+                "{}\n",
+                lumen_lab::down(&which.name, &which.state_root)?
+            ));
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Exec {
@@ -197,14 +203,14 @@ pub fn run(args: LabArgs) -> Result<ExitCode, LabCmdError> {
             let lab = Lab::open(&which.name, &which.state_root)?;
             let report = lab.probe(&from, &to, &spec, Duration::from_millis(timeout_ms))?;
             match output {
-                Output::Text => println!("{report}"),
-                Output::Json => println!(
-                    "{}",
+                Output::Text => emit(&format!("{report}\n")),
+                Output::Json => emit(&format!(
+                    "{}\n",
                     serde_json::to_string(&report).map_err(|source| LabCmdError::Json {
                         what: "probe report",
                         source
                     })?
-                ),
+                )),
             }
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -238,22 +244,24 @@ pub fn run(args: LabArgs) -> Result<ExitCode, LabCmdError> {
                 report_every: TRAFFIC_REPORT_EVERY,
                 probe_timeout: TRAFFIC_PROBE_TIMEOUT,
             };
-            traffic::run(&lab, &config, stop, &mut |summary| println!("{summary}"))?;
+            traffic::run(&lab, &config, stop, &mut |summary| {
+                emit(&format!("{summary}\n"));
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn up(config: &LabConfig) -> Result<ExitCode, LabCmdError> {
-    println!(
-        "lab {}: {} nodes x {} pods (binaries from {})",
+    emit(&format!(
+        "lab {}: {} nodes x {} pods (binaries from {})\n",
         config.name,
         config.nodes,
         config.pods_per_node,
         config.bin_dir.display()
-    );
-    let lab = Lab::up(config, &mut |step| println!("  ✓ {step}"))?;
-    print!("{}", summary(&lab));
+    ));
+    let lab = Lab::up(config, &mut |step| emit(&format!("  ✓ {step}\n")))?;
+    emit(&summary(&lab));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -266,7 +274,8 @@ fn summary(lab: &Lab) -> String {
             node.name,
             node.underlay_ip,
             node.pod_cidr,
-            node.agent_pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            node.agent_pid
+                .map_or_else(|| "-".to_owned(), |p| p.to_string()),
         ));
     }
     for pod in lab.pods() {
@@ -300,6 +309,13 @@ fn summary(lab: &Lab) -> String {
     out.push_str(&format!("  lumen lab status{name_arg}\n"));
     out.push_str(&format!("  lumen lab down{name_arg}\n"));
     out
+}
+
+/// Print to stdout and flush, so progress shows as it happens. A reader that went
+/// away (`lumen lab status | head`) is not an error worth more than silence.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// The directory of this executable: where `cargo build` also put the agent and

@@ -53,12 +53,16 @@ mod tests {
     fn lab_subcommands_parse() {
         for args in [
             &["lumen", "lab", "up"][..],
-            &["lumen", "lab", "up", "--name", "t1", "--nodes", "2", "--pods", "2"],
+            &[
+                "lumen", "lab", "up", "--name", "t1", "--nodes", "2", "--pods", "2",
+            ],
             &["lumen", "lab", "status", "-o", "json"],
             &["lumen", "lab", "down", "--name", "t1"],
             &["lumen", "lab", "exec", "pod-1-1", "--", "ip", "-br", "addr"],
             &["lumen", "lab", "probe", "pod-1-1", "external", "81/udp"],
-            &["lumen", "lab", "serve", "--name", "pod-1-1", "--ports", "80,81"],
+            &[
+                "lumen", "lab", "serve", "--name", "pod-1-1", "--ports", "80,81",
+            ],
             &["lumen", "lab", "traffic", "--interval-ms", "100"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

@@ -1,0 +1,152 @@
+//! Test harness: where the built binaries are, root detection, labs with unique
+//! names, running the `lumen` CLI, and snapshots of the machine's state to prove a
+//! lab leaves nothing behind.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lumen_lab::{LabConfig, LabGuard, ProbeReport};
+
+/// `target/debug` (or release): the directory of the test executable's parent.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("test executable lives in target/<profile>/deps")
+}
+
+/// Privileged tests need root; outside CI they are skipped with a note, in CI
+/// (`CI` set) a missing root is a failure.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(std::env::var_os("CI").is_none(), "{test} needs root in CI");
+        eprintln!("skipping {test}: needs root");
+    }
+    root
+}
+
+/// The binaries the lab runs must exist: `cargo xtask test` builds them first.
+pub fn require_binaries() {
+    for bin in ["lumen", "lumen-agent", "lumen-cni"] {
+        let path = bin_dir().join(bin);
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo xtask test` (it builds the binaries first)",
+            path.display()
+        );
+    }
+}
+
+/// Bring up a lab named `name`, removed when the guard drops (also on panic).
+pub fn lab(name: &str, nodes: u32, pods: u32) -> LabGuard {
+    require_binaries();
+    // A previous run killed mid-way may have left a lab of this name.
+    let _ = lumen_lab::down(name, Path::new(lumen_lab::DEFAULT_STATE_ROOT));
+    let config = LabConfig {
+        name: name.to_owned(),
+        nodes,
+        pods_per_node: pods,
+        bin_dir: bin_dir(),
+        ..LabConfig::default()
+    };
+    LabGuard::up(&config, &mut |_| {}).unwrap_or_else(|e| panic!("lab {name} up: {e}"))
+}
+
+/// Run the `lumen` CLI.
+pub fn lumen(args: &[&str]) -> Output {
+    Command::new(bin_dir().join("lumen"))
+        .args(args)
+        .output()
+        .expect("lumen runs")
+}
+
+/// `lumen lab probe --name LAB FROM TO SPEC -o json`, parsed.
+pub fn probe(lab: &str, from: &str, to: &str, spec: &str) -> ProbeReport {
+    let out = lumen(&["lab", "probe", "--name", lab, from, to, spec, "-o", "json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "probe {from} -> {to} {spec}: unparsable output ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `lumen lab status --name LAB -o json`.
+pub fn status(lab: &str) -> serde_json::Value {
+    let out = lumen(&["lab", "status", "--name", lab, "-o", "json"]);
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status is JSON")
+}
+
+/// What a lab could leave behind on the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub netns: BTreeSet<String>,
+    pub root_links: BTreeSet<String>,
+    pub root_routes: BTreeSet<String>,
+    pub bpffs: BTreeSet<String>,
+    pub processes: BTreeSet<String>,
+}
+
+fn lines(cmd: &mut Command) -> BTreeSet<String> {
+    let out = cmd.output().expect("command runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        out.insert(path.display().to_string());
+        if path.is_dir() {
+            walk(&path, out);
+        }
+    }
+}
+
+/// Processes running one of our binaries (by executable path).
+fn our_processes() -> BTreeSet<String> {
+    let bins = bin_dir();
+    let mut found = BTreeSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
+            continue;
+        };
+        if exe.parent() == Some(bins.as_path()) {
+            found.insert(format!("{} {}", entry.file_name().to_string_lossy(), exe.display()));
+        }
+    }
+    found
+}
+
+impl Snapshot {
+    pub fn take() -> Self {
+        let mut bpffs = BTreeSet::new();
+        walk(Path::new("/sys/fs/bpf"), &mut bpffs);
+        Self {
+            netns: lines(Command::new("ip").args(["netns", "list"])),
+            root_links: lines(Command::new("ip").args(["-o", "link", "show"]))
+                .into_iter()
+                .map(|l| l.split(':').nth(1).unwrap_or_default().trim().to_owned())
+                .collect(),
+            root_routes: lines(Command::new("ip").args(["route", "show", "table", "all"])),
+            bpffs,
+            processes: our_processes(),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! End to end over a lab of 3 nodes × 4 pods: full reachability, the flow tag on
+//! the underlay decoded by tshark, MTU without fragments, masquerade to the outside,
+//! and a teardown that leaves the machine as it found it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lumen_api::{Identity, Tag};
+use lumen_tests::harness::{self, Snapshot};
+
+/// A capture on the lab's underlay bridge, killed on drop.
+struct Capture {
+    child: Child,
+}
+
+impl Capture {
+    /// Start tshark on `netns`/`iface` and wait until it is capturing.
+    fn start(netns: &str, iface: &str, filter: &str, fields: &[&str]) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, "tshark", "-l", "-n", "-i", iface, "-f", filter])
+            .args(["-d", "udp.port==4789,vxlan", "-T", "fields", "-E", "separator=|"]);
+        for f in fields {
+            cmd.args(["-e", f]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tshark runs (cargo xtask deps installs it)");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).expect("tshark stderr");
+            assert!(n > 0, "tshark exited before capturing");
+            if line.contains("Capturing on") {
+                break;
+            }
+        }
+        // Keep draining stderr so tshark never blocks on it.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Self { child }
+    }
+
+    /// Stop the capture and return its lines.
+    fn finish(mut self) -> Vec<Vec<String>> {
+        std::thread::sleep(Duration::from_millis(500));
+        // SIGINT lets tshark flush what it has.
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            use std::io::Read;
+            stdout.read_to_string(&mut out).expect("tshark output");
+        }
+        let _ = self.child.wait();
+        out.lines()
+            .map(|l| l.split('|').map(str::to_owned).collect())
+            .collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn lab_3x4_end_to_end() {
+    if !harness::require_root("lab_3x4_end_to_end") {
+        return;
+    }
+    let name = "e2e";
+    let before = Snapshot::take();
+    let guard = harness::lab(name, 3, 4);
+    let lab = guard.lab();
+    let pods: Vec<(String, String)> = lab
+        .pods()
+        .iter()
+        .map(|p| (p.name.clone(), p.node.clone()))
+        .collect();
+    assert_eq!(pods.len(), 12);
+
+    // --- Full reachability matrix: every pod to every other pod, TCP, UDP, ICMP.
+    let mut failures = Vec::new();
+    let mut probes = 0;
+    for (from, _) in &pods {
+        for (to, _) in &pods {
+            if from == to {
+                continue;
+            }
+            for spec in ["80/tcp", "81/udp", "icmp"] {
+                probes += 1;
+                let report = harness::probe(name, from, to, spec);
+                if !report.ok {
+                    failures.push(format!("{from} -> {to} {spec}: {:?}", report.error));
+                } else if spec != "icmp" {
+                    let reply = report.reply.unwrap_or_default();
+                    assert!(reply.contains(&format!("name={to} ")), "{from} -> {to} answered by: {reply}");
+                }
+            }
+        }
+    }
+    assert_eq!(probes, 12 * 11 * 3);
+    assert!(failures.is_empty(), "{} of {probes} probes failed:\n{}", failures.len(), failures.join("\n"));
+
+    // --- Nodes reach pods on every node, and the replies come back (a pod's reply
+    // to another node returns through the tunnel, not masqueraded).
+    for node in lab.nodes() {
+        for (pod, _) in pods.iter().filter(|(p, _)| p.ends_with("-1")) {
+            for spec in ["80/tcp", "icmp"] {
+                let report = harness::probe(name, &node.name, pod, spec);
+                assert!(report.ok, "{} -> {pod} {spec}: {:?}", node.name, report.error);
+            }
+        }
+    }
+
+    // --- The tag on the underlay: tshark decodes the VNI, which must carry the
+    // sending pod's identity (as its agent reports it).
+    let status = harness::status(name);
+    let identity: BTreeMap<String, u32> = status["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .map(|p| {
+            (
+                p["ip"].as_str().expect("pod ip").to_owned(),
+                p["identity"].as_u64().expect("pod identity") as u32,
+            )
+        })
+        .collect();
+    let underlay = lab.state().underlay.netns.clone();
+    let capture = Capture::start(&underlay, "br0", "udp port 4789", &["ip.src", "ip.dst", "vxlan.vni"]);
+    for (from, to) in [("pod-1-1", "pod-2-1"), ("pod-2-3", "pod-3-4"), ("pod-3-2", "pod-1-4")] {
+        assert!(harness::probe(name, from, to, "80/tcp").ok);
+    }
+    let packets = capture.finish();
+    let mut checked = 0;
+    for fields in &packets {
+        let [src, _dst, vni] = &fields[..] else { continue };
+        // ip.src is "outer,inner" for VXLAN.
+        let Some(inner_src) = src.split(',').nth(1) else { continue };
+        let vni: u32 = vni.parse().expect("numeric VNI");
+        let tag = Tag::from_vni(vni);
+        assert_eq!(
+            Some(&tag.identity.0),
+            identity.get(inner_src),
+            "packet from {inner_src} carries VNI {vni}"
+        );
+        assert!(tag.identity.0 >= Identity::POD_BASE);
+        assert!(!tag.trace, "untraced traffic must not carry the trace bit");
+        checked += 1;
+    }
+    assert!(checked >= 6, "expected tagged VXLAN packets both ways, got {packets:?}");
+
+    // --- MTU: a TCP transfer in 1400-byte writes between nodes, no fragments on
+    // the underlay, and every outer packet carries DF so nothing downstream may
+    // fragment it either. (Frame sizes are not compared: veths pass GSO packets
+    // whole, so a capture on the bridge sees pre-segmentation sizes.)
+    let dst_ip = lab.require_address("pod-3-1").expect("pod-3-1 ip").to_string();
+    let server = Command::new("ip")
+        .args(["netns", "exec", &lab.require_netns("pod-3-1").expect("netns")])
+        .args(["iperf3", "-s", "-1", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(300));
+    let capture = Capture::start(
+        &underlay,
+        "br0",
+        "udp port 4789 or (ip[6:2] & 0x3fff != 0)",
+        &["ip.flags.df", "ip.flags.mf", "ip.frag_offset"],
+    );
+    let client = Command::new("ip")
+        .args(["netns", "exec", &lab.require_netns("pod-1-2").expect("netns")])
+        .args(["iperf3", "-c", &dst_ip, "-p", "5201", "-n", "4M", "-l", "1400", "-J"])
+        .output()
+        .expect("iperf3 client");
+    let packets = capture.finish();
+    let mut server = server;
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(client.status.success(), "iperf3: {}", String::from_utf8_lossy(&client.stdout));
+    let result: serde_json::Value = serde_json::from_slice(&client.stdout).expect("iperf3 JSON");
+    let sent = result["end"]["sum_sent"]["bytes"].as_u64().expect("bytes sent");
+    let received = result["end"]["sum_received"]["bytes"].as_u64().expect("bytes received");
+    assert!(sent >= 4 * 1024 * 1024, "iperf3 sent {sent} bytes");
+    assert_eq!(received, sent, "the whole transfer arrived");
+    assert!(packets.len() > 1000, "the transfer crossed the underlay: {} packets", packets.len());
+    for fields in &packets {
+        // The outer IP header is the first ip layer; a fragment has MF or an offset.
+        let outer = |i: usize| fields[i].split(',').next().unwrap_or("").to_owned();
+        assert!(outer(0) == "1" || outer(0) == "True", "outer packet without DF: {fields:?}");
+        assert!(outer(1) != "1" && outer(1) != "True", "fragment on the underlay: {fields:?}");
+        assert!(outer(2) == "0" || outer(2).is_empty(), "fragment on the underlay: {fields:?}");
+    }
+
+    // --- Masquerade: the external host sees each node's underlay address.
+    for node in lab.nodes() {
+        let pod = pods.iter().find(|(_, n)| n == &node.name).expect("a pod per node");
+        let report = harness::probe(name, &pod.0, "external", "80/tcp");
+        assert!(report.ok, "{} -> external: {:?}", pod.0, report.error);
+        let reply = report.reply.unwrap_or_default();
+        assert!(
+            reply.contains(&format!("peer={}:", node.underlay_ip)),
+            "external saw {reply}, expected the address of {}",
+            node.name
+        );
+    }
+
+    // --- Teardown leaves the machine exactly as found.
+    drop(guard);
+    assert_eq!(Snapshot::take(), before);
+}
+
+#[test]
+fn lab_down_after_kill_9_leaves_nothing() {
+    if !harness::require_root("lab_down_after_kill_9_leaves_nothing") {
+        return;
+    }
+    let name = "k9";
+    let before = Snapshot::take();
+    let guard = harness::lab(name, 2, 1);
+    let state = guard.lab().state().clone();
+    // Kill every process of the lab without warning: agents and servers.
+    let mut pids: Vec<u32> = state.nodes.iter().filter_map(|n| n.agent_pid).collect();
+    pids.extend(state.pods.iter().filter_map(|p| p.server_pid));
+    pids.extend(state.external.server_pid);
+    assert!(pids.len() >= 5, "agents and servers recorded: {pids:?}");
+    for pid in pids {
+        // SAFETY: signalling processes this test's lab started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    std::mem::forget(guard);
+    let out = harness::lumen(&["lab", "down", "--name", name]);
+    assert!(out.status.success(), "down: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(Snapshot::take(), before);
+    // Idempotent: a second down finds nothing and succeeds.
+    let out = harness::lumen(&["lab", "down", "--name", name]);
+    assert!(out.status.success());
+}
