@@ -13,23 +13,29 @@ fn main() {
         println!("cargo:rerun-if-changed={}", path.display());
     }
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
-    run(Command::new(&clang).args([
-        "-O2",
-        "-g",
-        "-Wall",
-        "-Werror",
-        "-target",
-        "bpf",
-        "-I/usr/include/x86_64-linux-gnu",
-        "-c",
-        "bpf/datapath.bpf.c",
-        "-o",
-    ])
-    .arg(out.join("datapath.bpf.o")));
+    run(Command::new(&clang)
+        .args([
+            "-O2",
+            "-g",
+            "-Wall",
+            "-Werror",
+            "-target",
+            "bpf",
+            "-I/usr/include/x86_64-linux-gnu",
+            "-c",
+            "bpf/datapath.bpf.c",
+            "-o",
+        ])
+        .arg(out.join("datapath.bpf.o")));
 
     let probe = out.join("layout_probe");
     run(Command::new(&clang)
-        .args(["-O0", "-I/usr/include/x86_64-linux-gnu", "bpf/layout_probe.c", "-o"])
+        .args([
+            "-O0",
+            "-I/usr/include/x86_64-linux-gnu",
+            "bpf/layout_probe.c",
+            "-o",
+        ])
         .arg(&probe));
     let output = Command::new(&probe).output().expect("layout probe runs");
     assert!(output.status.success(), "layout probe failed");
@@ -37,8 +43,8 @@ fn main() {
 }
 
 fn run(cmd: &mut Command) {
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (install clang and libbpf-dev: cargo xtask deps): {e}"));
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?} (install clang and libbpf-dev: cargo xtask deps): {e}")
+    });
     assert!(status.success(), "{cmd:?} failed");
 }

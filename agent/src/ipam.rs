@@ -215,15 +215,27 @@ mod tests {
         let b = ipam.allocate(alloc("b")).unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(b, Ipv4Addr::new(10, 244, 1, 2));
-        assert_eq!(ipam.allocate(alloc("a")).unwrap(), a, "same key, same address");
+        assert_eq!(
+            ipam.allocate(alloc("a")).unwrap(),
+            a,
+            "same key, same address"
+        );
         ipam.release(&alloc("a").key).unwrap();
         let c = ipam.allocate(alloc("c")).unwrap();
-        assert_eq!(c, Ipv4Addr::new(10, 244, 1, 3), "released address is not reused first");
+        assert_eq!(
+            c,
+            Ipv4Addr::new(10, 244, 1, 3),
+            "released address is not reused first"
+        );
 
         let mut reopened = Ipam::open(&path, cidr).unwrap();
         assert_eq!(reopened.state(), ipam.state());
         let d = reopened.allocate(alloc("d")).unwrap();
-        assert_eq!(d, Ipv4Addr::new(10, 244, 1, 4), "cursor resumes after the highest");
+        assert_eq!(
+            d,
+            Ipv4Addr::new(10, 244, 1, 4),
+            "cursor resumes after the highest"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 

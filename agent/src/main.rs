@@ -78,13 +78,14 @@ fn run() -> anyhow::Result<()> {
         .context("building the runtime")?;
     runtime.block_on(async {
         let shutdown = async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(error) => {
-                    tracing::warn!(%error, "no SIGTERM handler");
-                    return std::future::pending().await;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(error) => {
+                        tracing::warn!(%error, "no SIGTERM handler");
+                        return std::future::pending().await;
+                    }
+                };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

@@ -6,7 +6,9 @@ use std::os::fd::RawFd;
 
 use futures::TryStreamExt;
 use lumen_api::Ipv4Cidr;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
@@ -69,7 +71,12 @@ impl Netlink {
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
-        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         match links.try_next().await {
             Ok(Some(msg)) => Ok(Some(to_link(&msg))),
             Ok(None) => Ok(None),
@@ -112,7 +119,12 @@ impl Netlink {
 
     /// A VXLAN device in external (collect_md) mode: the datapath sets the tunnel
     /// key per packet.
-    pub async fn create_vxlan(&self, name: &str, port: u16, mtu: u32) -> Result<Link, NetlinkError> {
+    pub async fn create_vxlan(
+        &self,
+        name: &str,
+        port: u16,
+        mtu: u32,
+    ) -> Result<Link, NetlinkError> {
         let msg = LinkVxlan::new(name, 0)
             .port(port)
             .collect_metadata(true)
@@ -166,7 +178,12 @@ impl Netlink {
             .map_err(request(format!("set link {index} up")))
     }
 
-    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+    pub async fn add_address(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
         self.handle
             .address()
             .add(index, IpAddr::V4(ip), prefix)
@@ -186,7 +203,9 @@ impl Netlink {
             .execute();
         while let Some(msg) = addrs.try_next().await.map_err(request("list addresses"))? {
             for attr in msg.attributes {
-                if let rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                if let rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) =
+                    attr
+                {
                     return Ok(Some(ip));
                 }
             }
@@ -211,7 +230,12 @@ impl Netlink {
     }
 
     /// `ip route replace DST via GW dev INDEX onlink`.
-    pub async fn route_via(&self, dst: Ipv4Cidr, gw: Ipv4Addr, index: u32) -> Result<(), NetlinkError> {
+    pub async fn route_via(
+        &self,
+        dst: Ipv4Cidr,
+        gw: Ipv4Addr,
+        index: u32,
+    ) -> Result<(), NetlinkError> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.addr(), dst.prefix())
             .gateway(gw)
@@ -248,7 +272,12 @@ impl Netlink {
     }
 
     /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
-    pub async fn neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+    pub async fn neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
         self.handle
             .neighbours()
             .add(index, IpAddr::V4(ip))
@@ -281,5 +310,8 @@ fn to_link(msg: &LinkMessage) -> Link {
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

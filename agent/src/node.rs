@@ -40,7 +40,9 @@ pub struct Config {
 /// Why the node could not be brought up.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("node {node} has no pod CIDR: set spec.podCIDR on its Node manifest or pass --pod-cidr")]
+    #[error(
+        "node {node} has no pod CIDR: set spec.podCIDR on its Node manifest or pass --pod-cidr"
+    )]
     NoPodCidr { node: String },
     #[error("pod CIDR {pod} is not inside the cluster CIDR {cluster}")]
     PodCidrOutsideCluster { pod: Ipv4Cidr, cluster: Ipv4Cidr },
@@ -80,7 +82,9 @@ impl Node {
             .ok_or_else(|| NodeError::NoPodCidr {
                 node: config.node_name.clone(),
             })?;
-        if !config.cluster_cidr.contains(pod_cidr.addr()) || pod_cidr.prefix() < config.cluster_cidr.prefix() {
+        if !config.cluster_cidr.contains(pod_cidr.addr())
+            || pod_cidr.prefix() < config.cluster_cidr.prefix()
+        {
             return Err(NodeError::PodCidrOutsideCluster {
                 pod: pod_cidr,
                 cluster: config.cluster_cidr,
@@ -90,19 +94,21 @@ impl Node {
 
         let netlink = Netlink::connect()?;
         let underlay = netlink.require_link(&config.underlay_iface).await?;
-        let node_ip = match me.and_then(|n| n.internal_ip) {
-            Some(ip) => ip,
-            None => netlink
-                .first_ipv4(underlay.index)
-                .await?
-                .ok_or_else(|| NodeError::NoNodeIp {
-                    iface: config.underlay_iface.clone(),
+        let node_ip =
+            match me.and_then(|n| n.internal_ip) {
+                Some(ip) => ip,
+                None => netlink.first_ipv4(underlay.index).await?.ok_or_else(|| {
+                    NodeError::NoNodeIp {
+                        iface: config.underlay_iface.clone(),
+                    }
                 })?,
-        };
+            };
         let pod_mtu = underlay.mtu.saturating_sub(VXLAN_OVERHEAD);
 
         netlink.delete_link(VXLAN_IFACE).await?;
-        let vxlan = netlink.create_vxlan(VXLAN_IFACE, config.vxlan_port, pod_mtu).await?;
+        let vxlan = netlink
+            .create_vxlan(VXLAN_IFACE, config.vxlan_port, pod_mtu)
+            .await?;
 
         let mut datapath = Datapath::load()?;
         datapath.configure(vxlan.index, node_ip, config.cluster_cidr)?;

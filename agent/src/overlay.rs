@@ -34,9 +34,21 @@ pub fn wanted(state: &ClusterState, me: &str) -> BTreeMap<Ipv4Cidr, Remote> {
         let (Some(cidr), Some(node_ip)) = (node.pod_cidr, node.internal_ip) else {
             continue;
         };
-        want.insert(cidr, Remote { node_ip, routed: true });
+        want.insert(
+            cidr,
+            Remote {
+                node_ip,
+                routed: true,
+            },
+        );
         if let Ok(host) = Ipv4Cidr::new(node_ip, 32) {
-            want.insert(host, Remote { node_ip, routed: false });
+            want.insert(
+                host,
+                Remote {
+                    node_ip,
+                    routed: false,
+                },
+            );
         }
     }
     want
@@ -60,7 +72,11 @@ impl Overlay {
     }
 
     /// Apply the difference; errors are logged and retried on the next change.
-    pub async fn reconcile(&mut self, datapath: &Arc<Mutex<Datapath>>, want: BTreeMap<Ipv4Cidr, Remote>) {
+    pub async fn reconcile(
+        &mut self,
+        datapath: &Arc<Mutex<Datapath>>,
+        want: BTreeMap<Ipv4Cidr, Remote>,
+    ) {
         let stale: Vec<(Ipv4Cidr, Remote)> = self
             .installed
             .iter()
@@ -95,7 +111,9 @@ impl Overlay {
             if remote.routed {
                 let gw = cidr.addr();
                 let routed = async {
-                    self.netlink.neighbour(self.vxlan_index, gw, GATEWAY_MAC).await?;
+                    self.netlink
+                        .neighbour(self.vxlan_index, gw, GATEWAY_MAC)
+                        .await?;
                     self.netlink.route_via(cidr, gw, self.vxlan_index).await
                 };
                 if let Err(error) = routed.await {
@@ -137,11 +155,17 @@ mod tests {
         assert_eq!(want.len(), 2, "{want:?}");
         assert_eq!(
             want[&"10.244.2.0/24".parse().unwrap()],
-            Remote { node_ip, routed: true }
+            Remote {
+                node_ip,
+                routed: true
+            }
         );
         assert_eq!(
             want[&"192.0.2.12/32".parse().unwrap()],
-            Remote { node_ip, routed: false }
+            Remote {
+                node_ip,
+                routed: false
+            }
         );
     }
 }

@@ -57,7 +57,10 @@ pub enum PodError {
     #[error("address {ip} is outside the cluster CIDR {cluster}")]
     NoIdentity { ip: Ipv4Addr, cluster: Ipv4Cidr },
     #[error("{container_id}/{ifname} is not attached on this node")]
-    UnknownAttachment { container_id: String, ifname: String },
+    UnknownAttachment {
+        container_id: String,
+        ifname: String,
+    },
     #[error("check of {container_id}/{ifname} failed: {reason}")]
     CheckFailed {
         container_id: String,
@@ -102,7 +105,12 @@ impl PodError {
 pub fn host_ifname(key: &AttachmentKey) -> String {
     // FNV-1a: stable across releases and processes, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.container_id.bytes().chain([b'/']).chain(key.ifname.bytes()) {
+    for b in key
+        .container_id
+        .bytes()
+        .chain([b'/'])
+        .chain(key.ifname.bytes())
+    {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -172,10 +180,11 @@ impl Node {
         let key = req.key();
         let host_name = host_ifname(&key);
         let mtu = req.mtu.unwrap_or(self.pod_mtu);
-        let identity = Identity::for_pod(self.config.cluster_cidr, ip).ok_or(PodError::NoIdentity {
-            ip,
-            cluster: self.config.cluster_cidr,
-        })?;
+        let identity =
+            Identity::for_pod(self.config.cluster_cidr, ip).ok_or(PodError::NoIdentity {
+                ip,
+                cluster: self.config.cluster_cidr,
+            })?;
         // A retried ADD may find the veth of an earlier, interrupted attempt.
         self.netlink
             .delete_link(&host_name)
@@ -206,19 +215,24 @@ impl Node {
         };
         let ifname = req.ifname.clone();
         let host_mac = host.mac;
-        let pod_mac = netns::run_in(Path::new(&req.netns), move || configure_pod(ifname, ip, host_mac))
-            .await
-            .map_err(|source| PodError::Netns {
-                netns: req.netns.clone(),
-                source,
-            })?
-            .map_err(netlink_err(&req.ifname))?;
+        let pod_mac = netns::run_in(Path::new(&req.netns), move || {
+            configure_pod(ifname, ip, host_mac)
+        })
+        .await
+        .map_err(|source| PodError::Netns {
+            netns: req.netns.clone(),
+            source,
+        })?
+        .map_err(netlink_err(&req.ifname))?;
 
         let host_cidr = Ipv4Cidr::new(ip, 32).map_err(|_| PodError::NoIdentity {
             ip,
             cluster: self.config.cluster_cidr,
         })?;
-        self.netlink.set_up(host.index).await.map_err(netlink_err(&host_name))?;
+        self.netlink
+            .set_up(host.index)
+            .await
+            .map_err(netlink_err(&host_name))?;
         self.netlink
             .route_dev(host_cidr, host.index)
             .await
@@ -380,7 +394,10 @@ impl Node {
         .map_err(netlink_err(&req.ifname))?;
         match found {
             Some(ip) if ip == alloc.ip => Ok(()),
-            Some(ip) => Err(fail(format!("{} has {ip}, expected {}", req.ifname, alloc.ip))),
+            Some(ip) => Err(fail(format!(
+                "{} has {ip}, expected {}",
+                req.ifname, alloc.ip
+            ))),
             None => Err(fail(format!("{} is missing or has no address", req.ifname))),
         }
     }
@@ -414,7 +431,9 @@ impl Node {
             .collect();
         for alloc in allocs {
             match self.readopt_one(&alloc).await {
-                Ok(()) => tracing::info!(container = %alloc.key.container_id, ip = %alloc.ip, "pod re-adopted"),
+                Ok(()) => {
+                    tracing::info!(container = %alloc.key.container_id, ip = %alloc.ip, "pod re-adopted")
+                }
                 Err(error) => {
                     tracing::warn!(container = %alloc.key.container_id, ip = %alloc.ip, %error, "pod is gone, releasing");
                     self.release(&alloc).await?;
@@ -452,10 +471,11 @@ impl Node {
             source,
         })?
         .map_err(netlink_err(&key.ifname))?;
-        let identity = Identity::for_pod(self.config.cluster_cidr, alloc.ip).ok_or(PodError::NoIdentity {
-            ip: alloc.ip,
-            cluster: self.config.cluster_cidr,
-        })?;
+        let identity =
+            Identity::for_pod(self.config.cluster_cidr, alloc.ip).ok_or(PodError::NoIdentity {
+                ip: alloc.ip,
+                cluster: self.config.cluster_cidr,
+            })?;
         self.datapath
             .lock()
             .map_err(|_| PodError::Poisoned)?
@@ -474,28 +494,35 @@ impl Node {
                 host_ifname: host_name.clone(),
                 source,
             })?;
-        self.endpoints.lock().map_err(|_| PodError::Poisoned)?.insert(
-            key.clone(),
-            Endpoint {
-                container_id: key.container_id.clone(),
-                ifname: key.ifname.clone(),
-                namespace: alloc.pod_namespace.clone(),
-                pod: alloc.pod_name.clone(),
-                ip: alloc.ip,
-                identity,
-                host_ifname: host_name,
-                host_ifindex: host.index,
-                mac: format_mac(&pod_mac),
-                netns: alloc.netns.clone(),
-            },
-        );
+        self.endpoints
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .insert(
+                key.clone(),
+                Endpoint {
+                    container_id: key.container_id.clone(),
+                    ifname: key.ifname.clone(),
+                    namespace: alloc.pod_namespace.clone(),
+                    pod: alloc.pod_name.clone(),
+                    ip: alloc.ip,
+                    identity,
+                    host_ifname: host_name,
+                    host_ifindex: host.index,
+                    mac: format_mac(&pod_mac),
+                    netns: alloc.netns.clone(),
+                },
+            );
         Ok(())
     }
 }
 
 /// Inside the pod's namespace: address, link up, and the Calico-style gateway
 /// layout (169.254.1.1 on-link, default via it, a permanent neighbour entry).
-async fn configure_pod(ifname: String, ip: Ipv4Addr, host_mac: [u8; 6]) -> Result<[u8; 6], NetlinkError> {
+async fn configure_pod(
+    ifname: String,
+    ip: Ipv4Addr,
+    host_mac: [u8; 6],
+) -> Result<[u8; 6], NetlinkError> {
     let nl = Netlink::connect()?;
     if let Some(lo) = nl.link("lo").await? {
         nl.set_up(lo.index).await?;
@@ -505,7 +532,8 @@ async fn configure_pod(ifname: String, ip: Ipv4Addr, host_mac: [u8; 6]) -> Resul
     nl.set_up(link.index).await?;
     let gw = Ipv4Cidr::new(GATEWAY, 32).unwrap_or_else(|_| unreachable!("a /32 has no host bits"));
     nl.route_dev(gw, link.index).await?;
-    let default = Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or_else(|_| unreachable!("0/0 is valid"));
+    let default =
+        Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or_else(|_| unreachable!("0/0 is valid"));
     nl.route_via(default, GATEWAY, link.index).await?;
     nl.neighbour(link.index, GATEWAY, host_mac).await?;
     Ok(link.mac)
@@ -555,6 +583,10 @@ mod tests {
         };
         let agent = e.to_agent_error();
         assert_eq!(agent.code, code::NO_ADDRESS);
-        assert!(agent.details.contains("no free address"), "{}", agent.details);
+        assert!(
+            agent.details.contains("no free address"),
+            "{}",
+            agent.details
+        );
     }
 }

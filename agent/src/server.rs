@@ -64,26 +64,44 @@ async fn healthz(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn add(State(node): State<Arc<Node>>, Json(req): Json<CniRequest>) -> Result<impl IntoResponse, ApiError> {
+async fn add(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<CniRequest>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.add(&req).await?))
 }
 
-async fn del(State(node): State<Arc<Node>>, Json(req): Json<CniRequest>) -> Result<impl IntoResponse, ApiError> {
+async fn del(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<CniRequest>,
+) -> Result<impl IntoResponse, ApiError> {
     node.del(&req).await?;
     Ok(Json(json!({})))
 }
 
-async fn check(State(node): State<Arc<Node>>, Json(req): Json<CniRequest>) -> Result<impl IntoResponse, ApiError> {
+async fn check(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<CniRequest>,
+) -> Result<impl IntoResponse, ApiError> {
     node.check(&req).await?;
     Ok(Json(json!({})))
 }
 
-async fn gc(State(node): State<Arc<Node>>, Json(req): Json<GcRequest>) -> Result<impl IntoResponse, ApiError> {
+async fn gc(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<GcRequest>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.gc(&req.valid).await?))
 }
 
 async fn endpoints(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
-    let eps: Vec<_> = node.endpoints.lock().map_err(|_| poisoned())?.values().cloned().collect();
+    let eps: Vec<_> = node
+        .endpoints
+        .lock()
+        .map_err(|_| poisoned())?
+        .values()
+        .cloned()
+        .collect();
     Ok(Json(eps))
 }
 

@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -82,6 +82,7 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<(u16, Vec<u8>), ClientError> {
+        let deadline = Instant::now() + self.timeout;
         let stream = UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
             path: self.path.clone(),
             source,
@@ -90,8 +91,14 @@ impl Client {
             path: self.path.clone(),
             source,
         };
-        stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
-        stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
+        // One deadline for the whole exchange, not one per read or write: a slow
+        // agent cannot stretch a call past the timeout by trickling bytes.
+        let remaining = || {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
+        };
         let mut stream = stream;
         let body = body.unwrap_or_default();
         let head = format!(
@@ -99,10 +106,21 @@ impl Client {
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
-        stream.write_all(head.as_bytes()).map_err(io)?;
-        stream.write_all(body).map_err(io)?;
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        stream.set_write_timeout(Some(remaining().map_err(io)?)).map_err(io)?;
+        stream.write_all(&request).map_err(io)?;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(io)?;
+        let mut buf = [0u8; 4096];
+        loop {
+            stream.set_read_timeout(Some(remaining().map_err(io)?)).map_err(io)?;
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
         parse_response(&raw)
     }
 }
@@ -159,9 +177,13 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
         if size == 0 {
             return Ok((status, out));
         }
-        let chunk = rest.get(..size).ok_or_else(|| protocol("truncated chunk"))?;
+        let chunk = rest
+            .get(..size)
+            .ok_or_else(|| protocol("truncated chunk"))?;
         out.extend_from_slice(chunk);
-        rest = rest.get(size + 2..).ok_or_else(|| protocol("truncated chunk"))?;
+        rest = rest
+            .get(size + 2..)
+            .ok_or_else(|| protocol("truncated chunk"))?;
     }
 }
 
@@ -184,5 +206,30 @@ mod tests {
         let client = Client::new("/nonexistent/lumen.sock", Duration::from_millis(100));
         let err = client.get::<serde_json::Value>("/healthz").unwrap_err();
         assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_trickling_agent_cannot_stretch_the_timeout() {
+        let dir = std::env::temp_dir().join(format!("lumen-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("slow.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            for _ in 0..40 {
+                if conn.write_all(b"H").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let client = Client::new(&path, Duration::from_millis(200));
+        let start = Instant::now();
+        let err = client.get::<serde_json::Value>("/healthz").unwrap_err();
+        assert!(matches!(err, ClientError::Io { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_millis(600), "took {:?}", start.elapsed());
+        server.join().unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

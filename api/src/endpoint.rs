@@ -65,8 +65,14 @@ mod tests {
             Identity::for_pod(cluster, Ipv4Addr::new(10, 244, 1, 2)),
             Some(Identity(256 + 258))
         );
-        assert_eq!(Identity::for_pod(cluster, Ipv4Addr::new(10, 245, 0, 1)), None);
+        assert_eq!(
+            Identity::for_pod(cluster, Ipv4Addr::new(10, 245, 0, 1)),
+            None
+        );
         let huge: Ipv4Cidr = "10.0.0.0/8".parse().unwrap();
-        assert_eq!(Identity::for_pod(huge, Ipv4Addr::new(10, 255, 255, 255)), None);
+        assert_eq!(
+            Identity::for_pod(huge, Ipv4Addr::new(10, 255, 255, 255)),
+            None
+        );
     }
 }

@@ -19,7 +19,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "throughput benchmark"),
     ("tcpdump", "underlay captures"),
     ("tshark", "decodes VXLAN tags and IPFIX in tests"),
-    ("containernetworking-plugins", "reference CNI plugins for comparison"),
+    (
+        "containernetworking-plugins",
+        "reference CNI plugins for comparison",
+    ),
     ("procps", "process inspection"),
 ];
 
@@ -115,7 +118,12 @@ fn run(args: Args) -> Result<()> {
         Task::Bench { name, rest } => bench(&name, &rest),
         Task::Lint => {
             status(cargo().args(["fmt", "--all", "--check"]))?;
-            status(cargo().args(["clippy", "--workspace", "--all-targets"]).args(locked()).args(["--", "-D", "warnings"]))
+            status(
+                cargo()
+                    .args(["clippy", "--workspace", "--all-targets"])
+                    .args(locked())
+                    .args(["--", "-D", "warnings"]),
+            )
         }
     }
 }
@@ -162,14 +170,22 @@ fn build(release: bool) -> Result<()> {
 
 fn test(unit: bool) -> Result<()> {
     if unit {
-        return status(cargo().args(["test", "--workspace", "--exclude", "lumen-tests"]).args(locked()));
+        return status(
+            cargo()
+                .args(["test", "--workspace", "--exclude", "lumen-tests"])
+                .args(locked()),
+        );
     }
     deps()?;
     if !is_root() {
         bail!("the privileged and end-to-end tests need root (use --unit for the rest)");
     }
     build(false)?;
-    status(cargo().args(["test", "--workspace", "--exclude", "lumen-tests"]).args(locked()))?;
+    status(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "lumen-tests"])
+            .args(locked()),
+    )?;
     // End-to-end tests build whole labs: one at a time on a small machine.
     status(
         cargo()
@@ -180,7 +196,9 @@ fn test(unit: bool) -> Result<()> {
 }
 
 fn bin_dir(release: bool) -> PathBuf {
-    root().join("target").join(if release { "release" } else { "debug" })
+    root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
 }
 
 fn demo(nodes: u32, pods: u32) -> Result<()> {
@@ -193,18 +211,30 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
     let n = nodes.to_string();
     let p = pods.to_string();
     status(Command::new(&lumen).args(["lab", "down", "--name", "demo"]))?;
-    status(Command::new(&lumen).args(["lab", "up", "--name", "demo", "--nodes", &n, "--pods", &p]))?;
+    status(
+        Command::new(&lumen).args(["lab", "up", "--name", "demo", "--nodes", &n, "--pods", &p]),
+    )?;
     let traffic = Command::new(&lumen)
         .args(["lab", "traffic", "--name", "demo"])
         .spawn()
         .context("starting the traffic generator")?;
     println!();
-    println!("Lumen demo is running: {nodes} nodes x {pods} pods, steady TCP/UDP/ICMP traffic between all pods.");
+    println!(
+        "Lumen demo is running: {nodes} nodes x {pods} pods, steady TCP/UDP/ICMP traffic between all pods."
+    );
     println!("Look at it from another terminal:");
     println!("  {} lab status --name demo", lumen.display());
-    println!("  {} lab probe --name demo pod-1-1 pod-2-1 80/tcp", lumen.display());
-    println!("  {} lab exec --name demo pod-1-1 -- ping -c3 <ip of pod-2-1>", lumen.display());
-    println!("  ip netns exec demo-underlay tshark -i br0 -d udp.port==4789,vxlan -T fields -e ip.src -e ip.dst -e vxlan.vni");
+    println!(
+        "  {} lab probe --name demo pod-1-1 pod-2-1 80/tcp",
+        lumen.display()
+    );
+    println!(
+        "  {} lab exec --name demo pod-1-1 -- ping -c3 <ip of pod-2-1>",
+        lumen.display()
+    );
+    println!(
+        "  ip netns exec demo-underlay tshark -i br0 -d udp.port==4789,vxlan -T fields -e ip.src -e ip.dst -e vxlan.vni"
+    );
     println!("Press Ctrl-C to stop and tear everything down.");
     wait_for_ctrl_c();
     let mut traffic = traffic;
@@ -236,7 +266,15 @@ fn bench(name: &str, rest: &[String]) -> Result<()> {
     build(true)?;
     status(
         cargo()
-            .args(["run", "--release", "-p", "lumen-tests", "--bin", "lumen-bench", "--"])
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "lumen-tests",
+                "--bin",
+                "lumen-bench",
+                "--",
+            ])
             .args(locked())
             .arg(name)
             .args(rest),

@@ -197,7 +197,11 @@ metadata: {name: ignored}
     #[test]
     fn bad_documents_are_skipped() {
         let mut state = ClusterState::default();
-        parse_into(&mut state, Path::new("bad.yaml"), "kind: Node\nmetadata: [oops");
+        parse_into(
+            &mut state,
+            Path::new("bad.yaml"),
+            "kind: Node\nmetadata: [oops",
+        );
         parse_into(
             &mut state,
             Path::new("bad2.yaml"),

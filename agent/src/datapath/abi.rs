@@ -107,10 +107,22 @@ mod tests {
             ("lpm_v4_key.addr", 4, 4),
             ("remote_node.node_ip", offset_of!(RemoteNode, node_ip), 4),
             ("remote_node.flags", offset_of!(RemoteNode, flags), 4),
-            ("dp_config.vxlan_ifindex", offset_of!(DpConfig, vxlan_ifindex), 4),
+            (
+                "dp_config.vxlan_ifindex",
+                offset_of!(DpConfig, vxlan_ifindex),
+                4,
+            ),
             ("dp_config.node_ip", offset_of!(DpConfig, node_ip), 4),
-            ("dp_config.cluster_addr", offset_of!(DpConfig, cluster_addr), 4),
-            ("dp_config.cluster_mask", offset_of!(DpConfig, cluster_mask), 4),
+            (
+                "dp_config.cluster_addr",
+                offset_of!(DpConfig, cluster_addr),
+                4,
+            ),
+            (
+                "dp_config.cluster_mask",
+                offset_of!(DpConfig, cluster_mask),
+                4,
+            ),
         ]
     }
 

@@ -111,7 +111,9 @@ where
 impl Datapath {
     /// Load every program and map into the kernel; nothing is attached yet.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DatapathError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(DatapathError::Load)?;
         for name in [
             names::FROM_POD,
             names::TO_POD,
