@@ -461,9 +461,10 @@ impl Node {
             });
         }
         let ifname = key.ifname.clone();
-        let pod_mac = netns::run_in(Path::new(&alloc.netns), move || async move {
+        let (pod_mac, pod_ip) = netns::run_in(Path::new(&alloc.netns), move || async move {
             let nl = Netlink::connect()?;
-            nl.require_link(&ifname).await.map(|l| l.mac)
+            let link = nl.require_link(&ifname).await?;
+            Ok::<_, NetlinkError>((link.mac, nl.first_ipv4(link.index).await?))
         })
         .await
         .map_err(|source| PodError::Netns {
@@ -471,6 +472,14 @@ impl Node {
             source,
         })?
         .map_err(netlink_err(&key.ifname))?;
+        // An ADD cut off before it configured the pod left a bare interface.
+        if pod_ip != Some(alloc.ip) {
+            return Err(PodError::CheckFailed {
+                container_id: key.container_id.clone(),
+                ifname: key.ifname.clone(),
+                reason: format!("pod interface has {pod_ip:?}, expected {}", alloc.ip),
+            });
+        }
         let identity =
             Identity::for_pod(self.config.cluster_cidr, alloc.ip).ok_or(PodError::NoIdentity {
                 ip: alloc.ip,

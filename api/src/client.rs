@@ -121,6 +121,11 @@ impl Client {
                 Err(e) => return Err(io(e)),
             }
         }
+        if raw.is_empty() {
+            // The agent took the request and went away before answering (killed
+            // or restarting): the caller may try again later.
+            return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         parse_response(&raw)
     }
 }

@@ -41,7 +41,7 @@ pub enum ConfigError {
         "network name {name:?} must start with a letter or digit and hold only letters, digits, '_', '.' and '-'"
     )]
     InvalidName { name: String },
-    #[error("plugin type {found:?} is not {PLUGIN_TYPE:?}")]
+    #[error("plugin type {} is not {PLUGIN_TYPE:?}", found.as_deref().map_or("(missing)".to_owned(), |t| format!("{t:?}")))]
     WrongType { found: Option<String> },
     #[error("mtu {mtu} is outside {MIN_MTU}..={MAX_MTU}")]
     Mtu { mtu: u32 },

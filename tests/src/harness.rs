@@ -80,7 +80,11 @@ pub fn probe(lab: &str, from: &str, to: &str, spec: &str) -> ProbeReport {
 /// `lumen lab status --name LAB -o json`.
 pub fn status(lab: &str) -> serde_json::Value {
     let out = lumen(&["lab", "status", "--name", lab, "-o", "json"]);
-    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("status is JSON")
 }
 
@@ -128,7 +132,11 @@ fn our_processes() -> BTreeSet<String> {
             continue;
         };
         if exe.parent() == Some(bins.as_path()) {
-            found.insert(format!("{} {}", entry.file_name().to_string_lossy(), exe.display()));
+            found.insert(format!(
+                "{} {}",
+                entry.file_name().to_string_lossy(),
+                exe.display()
+            ));
         }
     }
     found

@@ -1,3 +1,4 @@
-//! Shared helpers for the end-to-end tests over the lab and real peers.
+//! Shared helpers for the end-to-end tests.
 
+pub mod bench;
 pub mod harness;

@@ -19,8 +19,17 @@ impl Capture {
     /// Start tshark on `netns`/`iface` and wait until it is capturing.
     fn start(netns: &str, iface: &str, filter: &str, fields: &[&str]) -> Self {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns, "tshark", "-l", "-n", "-i", iface, "-f", filter])
-            .args(["-d", "udp.port==4789,vxlan", "-T", "fields", "-E", "separator=|"]);
+        cmd.args([
+            "netns", "exec", netns, "tshark", "-l", "-n", "-i", iface, "-f", filter,
+        ])
+        .args([
+            "-d",
+            "udp.port==4789,vxlan",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+        ]);
         for f in fields {
             cmd.args(["-e", f]);
         }
@@ -101,13 +110,21 @@ fn lab_3x4_end_to_end() {
                     failures.push(format!("{from} -> {to} {spec}: {:?}", report.error));
                 } else if spec != "icmp" {
                     let reply = report.reply.unwrap_or_default();
-                    assert!(reply.contains(&format!("name={to} ")), "{from} -> {to} answered by: {reply}");
+                    assert!(
+                        reply.contains(&format!("name={to} ")),
+                        "{from} -> {to} answered by: {reply}"
+                    );
                 }
             }
         }
     }
     assert_eq!(probes, 12 * 11 * 3);
-    assert!(failures.is_empty(), "{} of {probes} probes failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {probes} probes failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // --- Nodes reach pods on every node, and the replies come back (a pod's reply
     // to another node returns through the tunnel, not masqueraded).
@@ -115,7 +132,11 @@ fn lab_3x4_end_to_end() {
         for (pod, _) in pods.iter().filter(|(p, _)| p.ends_with("-1")) {
             for spec in ["80/tcp", "icmp"] {
                 let report = harness::probe(name, &node.name, pod, spec);
-                assert!(report.ok, "{} -> {pod} {spec}: {:?}", node.name, report.error);
+                assert!(
+                    report.ok,
+                    "{} -> {pod} {spec}: {:?}",
+                    node.name, report.error
+                );
             }
         }
     }
@@ -135,16 +156,29 @@ fn lab_3x4_end_to_end() {
         })
         .collect();
     let underlay = lab.state().underlay.netns.clone();
-    let capture = Capture::start(&underlay, "br0", "udp port 4789", &["ip.src", "ip.dst", "vxlan.vni"]);
-    for (from, to) in [("pod-1-1", "pod-2-1"), ("pod-2-3", "pod-3-4"), ("pod-3-2", "pod-1-4")] {
+    let capture = Capture::start(
+        &underlay,
+        "br0",
+        "udp port 4789",
+        &["ip.src", "ip.dst", "vxlan.vni"],
+    );
+    for (from, to) in [
+        ("pod-1-1", "pod-2-1"),
+        ("pod-2-3", "pod-3-4"),
+        ("pod-3-2", "pod-1-4"),
+    ] {
         assert!(harness::probe(name, from, to, "80/tcp").ok);
     }
     let packets = capture.finish();
     let mut checked = 0;
     for fields in &packets {
-        let [src, _dst, vni] = &fields[..] else { continue };
+        let [src, _dst, vni] = &fields[..] else {
+            continue;
+        };
         // ip.src is "outer,inner" for VXLAN.
-        let Some(inner_src) = src.split(',').nth(1) else { continue };
+        let Some(inner_src) = src.split(',').nth(1) else {
+            continue;
+        };
         let vni: u32 = vni.parse().expect("numeric VNI");
         let tag = Tag::from_vni(vni);
         assert_eq!(
@@ -156,15 +190,25 @@ fn lab_3x4_end_to_end() {
         assert!(!tag.trace, "untraced traffic must not carry the trace bit");
         checked += 1;
     }
-    assert!(checked >= 6, "expected tagged VXLAN packets both ways, got {packets:?}");
+    assert!(
+        checked >= 6,
+        "expected tagged VXLAN packets both ways, got {packets:?}"
+    );
 
     // --- MTU: a TCP transfer in 1400-byte writes between nodes, no fragments on
     // the underlay, and every outer packet carries DF so nothing downstream may
     // fragment it either. (Frame sizes are not compared: veths pass GSO packets
     // whole, so a capture on the bridge sees pre-segmentation sizes.)
-    let dst_ip = lab.require_address("pod-3-1").expect("pod-3-1 ip").to_string();
+    let dst_ip = lab
+        .require_address("pod-3-1")
+        .expect("pod-3-1 ip")
+        .to_string();
     let server = Command::new("ip")
-        .args(["netns", "exec", &lab.require_netns("pod-3-1").expect("netns")])
+        .args([
+            "netns",
+            "exec",
+            &lab.require_netns("pod-3-1").expect("netns"),
+        ])
         .args(["iperf3", "-s", "-1", "-p", "5201"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -178,32 +222,62 @@ fn lab_3x4_end_to_end() {
         &["ip.flags.df", "ip.flags.mf", "ip.frag_offset"],
     );
     let client = Command::new("ip")
-        .args(["netns", "exec", &lab.require_netns("pod-1-2").expect("netns")])
-        .args(["iperf3", "-c", &dst_ip, "-p", "5201", "-n", "4M", "-l", "1400", "-J"])
+        .args([
+            "netns",
+            "exec",
+            &lab.require_netns("pod-1-2").expect("netns"),
+        ])
+        .args([
+            "iperf3", "-c", &dst_ip, "-p", "5201", "-n", "4M", "-l", "1400", "-J",
+        ])
         .output()
         .expect("iperf3 client");
     let packets = capture.finish();
     let mut server = server;
     let _ = server.kill();
     let _ = server.wait();
-    assert!(client.status.success(), "iperf3: {}", String::from_utf8_lossy(&client.stdout));
+    assert!(
+        client.status.success(),
+        "iperf3: {}",
+        String::from_utf8_lossy(&client.stdout)
+    );
     let result: serde_json::Value = serde_json::from_slice(&client.stdout).expect("iperf3 JSON");
-    let sent = result["end"]["sum_sent"]["bytes"].as_u64().expect("bytes sent");
-    let received = result["end"]["sum_received"]["bytes"].as_u64().expect("bytes received");
+    let sent = result["end"]["sum_sent"]["bytes"]
+        .as_u64()
+        .expect("bytes sent");
+    let received = result["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .expect("bytes received");
     assert!(sent >= 4 * 1024 * 1024, "iperf3 sent {sent} bytes");
     assert_eq!(received, sent, "the whole transfer arrived");
-    assert!(packets.len() > 1000, "the transfer crossed the underlay: {} packets", packets.len());
+    assert!(
+        packets.len() > 1000,
+        "the transfer crossed the underlay: {} packets",
+        packets.len()
+    );
     for fields in &packets {
         // The outer IP header is the first ip layer; a fragment has MF or an offset.
         let outer = |i: usize| fields[i].split(',').next().unwrap_or("").to_owned();
-        assert!(outer(0) == "1" || outer(0) == "True", "outer packet without DF: {fields:?}");
-        assert!(outer(1) != "1" && outer(1) != "True", "fragment on the underlay: {fields:?}");
-        assert!(outer(2) == "0" || outer(2).is_empty(), "fragment on the underlay: {fields:?}");
+        assert!(
+            outer(0) == "1" || outer(0) == "True",
+            "outer packet without DF: {fields:?}"
+        );
+        assert!(
+            outer(1) != "1" && outer(1) != "True",
+            "fragment on the underlay: {fields:?}"
+        );
+        assert!(
+            outer(2) == "0" || outer(2).is_empty(),
+            "fragment on the underlay: {fields:?}"
+        );
     }
 
     // --- Masquerade: the external host sees each node's underlay address.
     for node in lab.nodes() {
-        let pod = pods.iter().find(|(_, n)| n == &node.name).expect("a pod per node");
+        let pod = pods
+            .iter()
+            .find(|(_, n)| n == &node.name)
+            .expect("a pod per node");
         let report = harness::probe(name, &pod.0, "external", "80/tcp");
         assert!(report.ok, "{} -> external: {:?}", pod.0, report.error);
         let reply = report.reply.unwrap_or_default();
@@ -239,7 +313,11 @@ fn lab_down_after_kill_9_leaves_nothing() {
     }
     std::mem::forget(guard);
     let out = harness::lumen(&["lab", "down", "--name", name]);
-    assert!(out.status.success(), "down: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(Snapshot::take(), before);
     // Idempotent: a second down finds nothing and succeeds.
     let out = harness::lumen(&["lab", "down", "--name", name]);

@@ -1,0 +1,257 @@
+//! The BPF benchmark: per-packet cost of each datapath program through
+//! `BPF_PROG_TEST_RUN`, minus the cost of the empty `noop` program measured the
+//! same way in the same run, so the figure is the program's own work rather than
+//! the test harness's. The datapath is loaded and its endpoints attached inside a
+//! namespace of the benchmark's own.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, bail};
+use aya::programs::{TestRun, TestRunOptions};
+use lumen_agent::datapath::Datapath;
+use lumen_agent::datapath::abi::{EndpointValue, names};
+use lumen_api::Identity;
+use lumen_lab::config::{EXTERNAL_IP, cluster_cidr, node_ip, pod_cidr};
+use lumen_lab::netio::netns as enter_netns;
+
+use super::netns::Netns;
+use super::packet::tcp_syn;
+use super::report::{Verdict, print_verdicts, ratio};
+use super::stats::median;
+
+const NETNS: &str = "lbb-ns";
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// Each measured path must cost at most this much above `noop`.
+const TARGET_NS: f64 = 100.0;
+/// The VXLAN device's index only has to be non-zero: test runs never transmit.
+const VXLAN_IFINDEX: u32 = 1;
+const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub runs: usize,
+    pub repeat: u32,
+}
+
+/// One path through one program.
+#[derive(Debug)]
+struct Case {
+    name: &'static str,
+    program: &'static str,
+    packet: Vec<u8>,
+    /// The counter that proves the packet took the path named: it must advance once
+    /// per iteration. None for the early exit, which counts nothing and, not being a
+    /// real path, is not judged against the target.
+    counter: Option<&'static str>,
+}
+
+/// Keeps `kernel.bpf_stats_enabled` at 0 while measuring (stats add ~80 ns per run)
+/// and puts back what was there.
+#[derive(Debug)]
+struct StatsOff {
+    previous: Option<String>,
+}
+
+pub fn run(options: Options) -> Result<()> {
+    let ns = Netns::add(NETNS)?;
+    let pod_a = pod_ip(1, 2);
+    let pod_b = pod_ip(1, 3);
+    let mut endpoints = Vec::new();
+    for (host, peer, ip) in [("lbb-a", "lbb-pa", pod_a), ("lbb-b", "lbb-pb", pod_b)] {
+        ns.ip(&["link", "add", host, "type", "veth", "peer", "name", peer])?;
+        ns.ip(&["link", "set", host, "up"])?;
+        endpoints.push((host, ip, ns.ifindex(host)?));
+    }
+    // Before any thread exists: threads started later inherit the namespace.
+    enter_netns::enter(&ns.path())?;
+    let stats = StatsOff::ensure()?;
+
+    let mut dp = Datapath::load()?;
+    dp.configure(VXLAN_IFINDEX, node_ip(1), cluster_cidr())?;
+    dp.set_remote(pod_cidr(2), node_ip(2))?;
+    for (host, ip, ifindex) in endpoints {
+        let identity = Identity::for_pod(cluster_cidr(), ip).context("pod outside the cluster")?;
+        let value = EndpointValue {
+            ifindex,
+            identity: identity.0,
+            mac: POD_MAC,
+            host_mac: HOST_MAC,
+            flags: 0,
+        };
+        dp.add_endpoint(host, ip, value)?;
+    }
+
+    let cases = cases(pod_a, pod_b);
+    println!(
+        "bpf: per-packet cost with BPF_PROG_TEST_RUN, median of {} runs, {} iterations each, \
+         kernel.bpf_stats_enabled=0{}",
+        options.runs,
+        options.repeat,
+        stats.note()
+    );
+    let mut program_ns = vec![Vec::new(); cases.len()];
+    let mut noop_ns = vec![Vec::new(); cases.len()];
+    for _ in 0..options.runs {
+        for (i, case) in cases.iter().enumerate() {
+            noop_ns[i].push(measure(&mut dp, names::NOOP, case, options.repeat)?);
+            let before = counter(&dp, case.counter);
+            program_ns[i].push(measure(&mut dp, case.program, case, options.repeat)?);
+            let advanced = counter(&dp, case.counter) - before;
+            if case.counter.is_some() && advanced != u64::from(options.repeat) {
+                bail!(
+                    "{}: counter {:?} advanced by {advanced} in {} iterations: \
+                     the packet did not take the path measured",
+                    case.name,
+                    case.counter,
+                    options.repeat
+                );
+            }
+        }
+    }
+    print_report(&cases, &program_ns, &noop_ns);
+    Ok(())
+}
+
+fn pod_ip(node: u32, host: u8) -> Ipv4Addr {
+    let [a, b, c, _] = pod_cidr(node).addr().octets();
+    Ipv4Addr::new(a, b, c, host)
+}
+
+fn cases(pod_a: Ipv4Addr, pod_b: Ipv4Addr) -> Vec<Case> {
+    let remote = pod_ip(2, 2);
+    let case = |name, program, (src, dst), counter| Case {
+        name,
+        program,
+        packet: tcp_syn(POD_MAC, HOST_MAC, src, dst, 40000, 80),
+        counter,
+    };
+    vec![
+        case(
+            "from_pod -> local pod (redirect to peer)",
+            names::FROM_POD,
+            (pod_a, pod_b),
+            Some("local_redirect"),
+        ),
+        case(
+            "from_pod -> remote pod (tunnel key, redirect)",
+            names::FROM_POD,
+            (pod_a, remote),
+            Some("tunnelled"),
+        ),
+        case(
+            "from_pod -> external (host stack)",
+            names::FROM_POD,
+            (pod_a, EXTERNAL_IP),
+            Some("to_stack"),
+        ),
+        case(
+            "to_pod (host stack -> pod)",
+            names::TO_POD,
+            (EXTERNAL_IP, pod_a),
+            Some("to_pod"),
+        ),
+        // Each iteration starts without a tunnel key (the counter proves it), so this
+        // is the path of host-stack packets routed to a remote pod.
+        case(
+            "to_overlay, host stack -> remote pod",
+            names::TO_OVERLAY,
+            (node_ip(1), remote),
+            Some("host_tunnelled"),
+        ),
+        case(
+            "from_overlay, no tunnel metadata (early exit)",
+            names::FROM_OVERLAY,
+            (remote, pod_a),
+            None,
+        ),
+    ]
+}
+
+/// Mean nanoseconds per iteration of `program` on `case`'s packet, as the kernel
+/// reports it.
+fn measure(dp: &mut Datapath, program: &'static str, case: &Case, repeat: u32) -> Result<f64> {
+    let result = dp.program(program)?.test_run(TestRunOptions {
+        data_in: Some(&case.packet),
+        repeat,
+        ..TestRunOptions::new()
+    })?;
+    Ok(result.duration.as_nanos() as f64)
+}
+
+/// The total of datapath counter `name` (0 for None).
+fn counter(dp: &Datapath, name: Option<&str>) -> u64 {
+    dp.counters()
+        .into_iter()
+        .find(|(n, _)| Some(*n) == name)
+        .map_or(0, |(_, total)| total)
+}
+
+fn print_report(cases: &[Case], program_ns: &[Vec<f64>], noop_ns: &[Vec<f64>]) {
+    println!();
+    println!(
+        "{:<48} {:>10} {:>8} {:>8} {:>8}",
+        "median", "program ns", "noop ns", "x noop", "net ns"
+    );
+    let mut verdicts = Vec::new();
+    for ((case, program), noop) in cases.iter().zip(program_ns).zip(noop_ns) {
+        let net: Vec<f64> = program.iter().zip(noop).map(|(p, n)| p - n).collect();
+        let (program, noop, net) = (median(program), median(noop), median(&net));
+        println!(
+            "{:<48} {program:>10.1} {noop:>8.1} {:>7.2}x {net:>8.1}",
+            case.name,
+            ratio(program, noop)
+        );
+        if case.counter.is_some() {
+            verdicts.push(Verdict::new(
+                format!("{} <= {TARGET_NS:.0} ns", case.name),
+                net <= TARGET_NS,
+                format!("{net:.1} ns above noop"),
+            ));
+        }
+    }
+    println!(
+        "note: from_overlay's delivery path needs tunnel metadata on the skb, which \
+         BPF_PROG_TEST_RUN cannot supply; only its early exit is measured, and not judged"
+    );
+    print_verdicts(&verdicts);
+}
+
+// === impl StatsOff ===
+
+impl StatsOff {
+    fn ensure() -> Result<Self> {
+        let read = || {
+            std::fs::read_to_string(STATS_SYSCTL).with_context(|| format!("reading {STATS_SYSCTL}"))
+        };
+        let value = read()?.trim().to_owned();
+        if value == "0" {
+            return Ok(Self { previous: None });
+        }
+        std::fs::write(STATS_SYSCTL, "0")
+            .with_context(|| format!("writing 0 to {STATS_SYSCTL}"))?;
+        if read()?.trim() != "0" {
+            bail!("{STATS_SYSCTL} stays at {value}: another process holds BPF stats enabled");
+        }
+        Ok(Self {
+            previous: Some(value),
+        })
+    }
+
+    fn note(&self) -> String {
+        match &self.previous {
+            Some(value) => format!(" (was {value}; restored afterwards)"),
+            None => String::new(),
+        }
+    }
+}
+
+impl Drop for StatsOff {
+    fn drop(&mut self) {
+        if let Some(value) = &self.previous
+            && let Err(err) = std::fs::write(STATS_SYSCTL, value)
+        {
+            eprintln!("lumen-bench: restoring {STATS_SYSCTL} to {value} failed: {err}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Network namespaces a benchmark makes for itself (baselines, the reference CNI
+//! node, the BPF test-run namespace): created with `ip`, deleted on drop, so a failed
+//! or panicking run leaves nothing behind.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Result;
+use lumen_lab::{config, topology};
+
+/// A named network namespace that lives as long as this value.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// `ip netns add NAME` with `lo` up. A namespace of the same name left by a run
+    /// that was killed is deleted first.
+    pub fn add(name: &str) -> Result<Self> {
+        if topology::list_netns()?.iter().any(|ns| ns == name) {
+            topology::del_netns(name)?;
+        }
+        topology::add_netns(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The path a runtime (or `setns`) uses.
+    pub fn path(&self) -> PathBuf {
+        config::netns_path(&self.name)
+    }
+
+    /// `ip -n NAME ARGS…`.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        Ok(topology::ip(&all)?)
+    }
+
+    /// `bridge -n NAME ARGS…` (the VXLAN forwarding database).
+    pub fn bridge(&self, args: &[&str]) -> Result<()> {
+        topology::run(Command::new("bridge").args(["-n", &self.name]).args(args))?;
+        Ok(())
+    }
+
+    /// Set a sysctl inside the namespace (`net.*` keys are per namespace).
+    pub fn sysctl(&self, setting: &str) -> Result<()> {
+        topology::run(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(["sysctl", "-q", "-w", setting]),
+        )?;
+        Ok(())
+    }
+
+    /// `ip netns exec NAME PROGRAM`: a command to complete with arguments.
+    pub fn exec(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// The index of interface `ifname` in this namespace.
+    pub fn ifindex(&self, ifname: &str) -> Result<u32> {
+        let out = topology::run(
+            Command::new("ip").args(["-n", &self.name, "-j", "link", "show", "dev", ifname]),
+        )?;
+        let links: serde_json::Value = serde_json::from_str(&out)?;
+        links
+            .pointer("/0/ifindex")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| anyhow::anyhow!("no ifindex for {ifname} in {}: {out}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(err) = topology::del_netns(&self.name) {
+            // Drop cannot return the error; say it where the bench output shows it.
+            eprintln!(
+                "lumen-bench: deleting namespace {} failed: {err}",
+                self.name
+            );
+        }
+    }
+}

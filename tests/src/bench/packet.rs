@@ -1,0 +1,99 @@
+//! Packets for `BPF_PROG_TEST_RUN`: Ethernet + IPv4 + TCP SYN, with the checksums a
+//! real stack would write.
+
+use std::net::Ipv4Addr;
+
+const ETH_LEN: usize = 14;
+const IP_LEN: usize = 20;
+const TCP_LEN: usize = 20;
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+
+/// A TCP SYN from `src` to `dst` in an Ethernet frame.
+pub fn tcp_syn(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let mut ip = [0u8; IP_LEN];
+    ip[0] = 0x45; // version 4, 5 words of header
+    ip[2..4].copy_from_slice(&((IP_LEN + TCP_LEN) as u16).to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64; // ttl
+    ip[9] = IPPROTO_TCP;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum = checksum(&[&ip]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+
+    let mut tcp = [0u8; TCP_LEN];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes()); // sequence number
+    tcp[12] = 0x50; // 5 words of header
+    tcp[13] = TCP_SYN;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes()); // window
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&src.octets());
+    pseudo[4..8].copy_from_slice(&dst.octets());
+    pseudo[9] = IPPROTO_TCP;
+    pseudo[10..12].copy_from_slice(&(TCP_LEN as u16).to_be_bytes());
+    let sum = checksum(&[&pseudo, &tcp]);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+
+    let mut frame = Vec::with_capacity(ETH_LEN + IP_LEN + TCP_LEN);
+    frame.extend_from_slice(&dst_mac);
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&tcp);
+    frame
+}
+
+/// The Internet checksum (RFC 1071) over the concatenation of `parts`, each of
+/// even length.
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = parts
+        .iter()
+        .flat_map(|p| p.chunks(2))
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_verify_to_zero() {
+        let src = Ipv4Addr::new(10, 244, 1, 2);
+        let dst = Ipv4Addr::new(10, 244, 2, 2);
+        let frame = tcp_syn([2; 6], [4; 6], src, dst, 40000, 80);
+        assert_eq!(frame.len(), 54);
+        assert_eq!(&frame[12..14], &[0x08, 0x00]);
+        let ip = &frame[ETH_LEN..ETH_LEN + IP_LEN];
+        assert_eq!(checksum(&[ip]), 0);
+        let tcp = &frame[ETH_LEN + IP_LEN..];
+        let mut pseudo = [0u8; 12];
+        pseudo[0..4].copy_from_slice(&src.octets());
+        pseudo[4..8].copy_from_slice(&dst.octets());
+        pseudo[9] = IPPROTO_TCP;
+        pseudo[11] = TCP_LEN as u8;
+        assert_eq!(checksum(&[&pseudo, tcp]), 0);
+    }
+
+    /// The worked example of RFC 1071 section 3.
+    #[test]
+    fn rfc1071_example() {
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(checksum(&[&data]), !0xddf2);
+    }
+}

@@ -1,0 +1,97 @@
+//! `lumen-bench`: Lumen's benchmarks (`cargo xtask bench <name>`). Thin: parses the
+//! command line and hands over to `lumen_tests::bench`. Needs root: benchmarks build
+//! namespaces and load BPF.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use lumen_tests::bench::{bpf, cni, datapath, rr};
+
+#[derive(Debug, Parser)]
+#[command(about = "Lumen benchmarks: each figure next to its baseline, then a verdict per target")]
+struct Args {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Pod-to-pod throughput and request/response latency across two nodes: Lumen
+    /// vs a flannel-style overlay vs a direct veth pair.
+    Datapath {
+        /// Rounds over the three setups; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Length of each throughput and RR test.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// CNI ADD/DEL latency: Lumen vs the reference bridge + host-local plugins.
+    Cni {
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Calls in flight in the concurrent phases.
+        #[arg(long, default_value_t = 20)]
+        concurrency: usize,
+    },
+    /// Per-packet cost of each BPF program (BPF_PROG_TEST_RUN).
+    Bpf {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Iterations per measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
+    /// RR echo server inside a namespace (used by `datapath`).
+    #[command(hide = true)]
+    RrServer {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        port: u16,
+    },
+    /// RR client inside a namespace, stats as JSON on stdout (used by `datapath`).
+    #[command(hide = true)]
+    RrClient {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        target: Ipv4Addr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        seconds: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lumen-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    match args.bench {
+        Bench::Datapath { runs, seconds } => datapath::run(datapath::Options { runs, seconds }),
+        Bench::Cni { pods, concurrency } => cni::run(cni::Options { pods, concurrency }),
+        Bench::Bpf { runs, repeat } => bpf::run(bpf::Options { runs, repeat }),
+        Bench::RrServer { netns, port } => rr::serve(&netns, port),
+        Bench::RrClient {
+            netns,
+            target,
+            port,
+            seconds,
+        } => {
+            let stats = rr::client(&netns, target, port, seconds)?;
+            println!("{}", serde_json::to_string(&stats)?);
+            Ok(())
+        }
+    }
+}
