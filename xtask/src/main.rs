@@ -169,30 +169,88 @@ fn build(release: bool) -> Result<()> {
 }
 
 fn test(unit: bool) -> Result<()> {
-    if unit {
-        return status(
-            cargo()
-                .args(["test", "--workspace", "--exclude", "lumen-tests"])
-                .args(locked()),
-        );
+    if !unit {
+        deps()?;
+        if !is_root() {
+            bail!("the privileged and end-to-end tests need root (use --unit for the rest)");
+        }
+        build(false)?;
     }
-    deps()?;
-    if !is_root() {
-        bail!("the privileged and end-to-end tests need root (use --unit for the rest)");
-    }
-    build(false)?;
-    status(
+    let mut tally = Tally::default();
+    tally.run(
         cargo()
             .args(["test", "--workspace", "--exclude", "lumen-tests"])
             .args(locked()),
     )?;
-    // End-to-end tests build whole labs: one at a time on a small machine.
-    status(
-        cargo()
-            .args(["test", "-p", "lumen-tests"])
-            .args(locked())
-            .args(["--", "--test-threads=1"]),
-    )
+    if !unit {
+        // End-to-end tests build whole labs: one at a time on a small machine.
+        tally.run(
+            cargo()
+                .args(["test", "-p", "lumen-tests", "--tests"])
+                .args(locked())
+                .args(["--", "--test-threads=1"]),
+        )?;
+    }
+    println!(
+        "xtask test: {} passed, {} failed",
+        tally.passed, tally.failed
+    );
+    if tally.failed > 0 {
+        bail!("{} tests failed", tally.failed);
+    }
+    Ok(())
+}
+
+/// Test counts summed over every `cargo test` run, from libtest's result lines.
+#[derive(Debug, Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    /// Run `cmd`, echoing its output, and add up its "test result:" lines.
+    fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {cmd:?}"))?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading test output")?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                self.passed += count(rest, " passed");
+                self.failed += count(rest, " failed");
+            }
+        }
+        let st = child.wait().context("waiting for cargo test")?;
+        if !st.success() {
+            println!(
+                "xtask test: {} passed, {} failed",
+                self.passed,
+                self.failed.max(1)
+            );
+            bail!("{cmd:?} failed with {st}");
+        }
+        Ok(())
+    }
+}
+
+/// The number before `label` in "ok. 12 passed; 0 failed; ...".
+fn count(result: &str, label: &str) -> u64 {
+    result
+        .split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok.")
+                .trim_start_matches("FAILED.")
+                .trim()
+                .strip_suffix(label.trim())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn bin_dir(release: bool) -> PathBuf {
