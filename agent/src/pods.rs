@@ -297,7 +297,14 @@ impl Node {
         if let Ok(mut eps) = self.endpoints.lock() {
             eps.remove(key);
         }
-        if let Err(error) = self.netlink.delete_link(&host_name).await {
+        // A socket of its own: the kernel handles one socket's requests in order,
+        // and a veth deletion waits out an RCU grace period, so concurrent DELs on
+        // the shared socket would queue behind each other.
+        let deleted = match Netlink::connect() {
+            Ok(nl) => nl.delete_link(&host_name).await,
+            Err(e) => Err(e),
+        };
+        if let Err(error) = deleted {
             tracing::warn!(host = %host_name, %error, "deleting the veth failed");
         }
     }

@@ -108,12 +108,16 @@ impl Client {
         );
         let mut request = head.into_bytes();
         request.extend_from_slice(body);
-        stream.set_write_timeout(Some(remaining().map_err(io)?)).map_err(io)?;
+        stream
+            .set_write_timeout(Some(remaining().map_err(io)?))
+            .map_err(io)?;
         stream.write_all(&request).map_err(io)?;
         let mut raw = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            stream.set_read_timeout(Some(remaining().map_err(io)?)).map_err(io)?;
+            stream
+                .set_read_timeout(Some(remaining().map_err(io)?))
+                .map_err(io)?;
             match stream.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => raw.extend_from_slice(&buf[..n]),
@@ -233,7 +237,11 @@ mod tests {
         let start = Instant::now();
         let err = client.get::<serde_json::Value>("/healthz").unwrap_err();
         assert!(matches!(err, ClientError::Io { .. }), "{err}");
-        assert!(start.elapsed() < Duration::from_millis(600), "took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(600),
+            "took {:?}",
+            start.elapsed()
+        );
         server.join().unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }

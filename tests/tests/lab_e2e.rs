@@ -49,6 +49,8 @@ impl Capture {
                 break;
             }
         }
+        // "Capturing on" comes from tshark before dumpcap has the interface open.
+        std::thread::sleep(Duration::from_secs(1));
         // Keep draining stderr so tshark never blocks on it.
         std::thread::spawn(move || for _ in reader.lines() {});
         Self { child }

@@ -59,13 +59,6 @@ impl Netns {
         Ok(())
     }
 
-    /// `ip netns exec NAME PROGRAM`: a command to complete with arguments.
-    pub fn exec(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-
     /// The index of interface `ifname` in this namespace.
     pub fn ifindex(&self, ifname: &str) -> Result<u32> {
         let out = topology::run(
