@@ -7,7 +7,7 @@
 
 use std::error::Error as _;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lumen_api::cni::{
     AgentError, Allocation, Attachment, AttachmentKey, CniRequest, GATEWAY, GcReport, code,
@@ -17,7 +17,7 @@ use lumen_api::{Endpoint, Identity, Ipv4Cidr};
 use crate::datapath::DatapathError;
 use crate::datapath::abi::EndpointValue;
 use crate::ipam::IpamError;
-use crate::netlink::{Netlink, NetlinkError, format_mac};
+use crate::netlink::{Link, Netlink, NetlinkError, format_mac};
 use crate::netns::{self, NetnsError};
 use crate::node::Node;
 
@@ -51,8 +51,9 @@ pub enum PodError {
     #[error("attaching the datapath to {host_ifname} failed")]
     Datapath {
         host_ifname: String,
+        /// Boxed: aya's errors are large and this enum travels on every result.
         #[source]
-        source: DatapathError,
+        source: Box<DatapathError>,
     },
     #[error("address {ip} is outside the cluster CIDR {cluster}")]
     NoIdentity { ip: Ipv4Addr, cluster: Ipv4Cidr },
@@ -180,20 +181,25 @@ impl Node {
         let key = req.key();
         let host_name = host_ifname(&key);
         let mtu = req.mtu.unwrap_or(self.pod_mtu);
-        let identity =
-            Identity::for_pod(self.config.cluster_cidr, ip).ok_or(PodError::NoIdentity {
-                ip,
-                cluster: self.config.cluster_cidr,
-            })?;
         // A retried ADD may find the veth of an earlier, interrupted attempt.
         self.netlink
             .delete_link(&host_name)
             .await
             .map_err(netlink_err(&host_name))?;
-        let ns = netns::open(Path::new(&req.netns)).map_err(|source| PodError::Netns {
-            netns: req.netns.clone(),
-            source,
-        })?;
+        // Off the runtime's workers: opening an arbitrary path can block (a FIFO),
+        // and a blocked worker must not stall the whole node API.
+        let path = PathBuf::from(&req.netns);
+        let ns = tokio::task::spawn_blocking(move || netns::open(&path))
+            .await
+            .unwrap_or_else(|_| {
+                Err(NetnsError::Panicked {
+                    path: PathBuf::from(&req.netns),
+                })
+            })
+            .map_err(|source| PodError::Netns {
+                netns: req.netns.clone(),
+                source,
+            })?;
         let host = {
             use std::os::fd::AsRawFd;
             self.netlink
@@ -215,66 +221,30 @@ impl Node {
         };
         let ifname = req.ifname.clone();
         let host_mac = host.mac;
-        let pod_mac = netns::run_in(Path::new(&req.netns), move || {
+        let pod_mac = in_pod(&req.netns, &req.ifname, move || {
             configure_pod(ifname, ip, host_mac)
         })
-        .await
-        .map_err(|source| PodError::Netns {
-            netns: req.netns.clone(),
-            source,
-        })?
-        .map_err(netlink_err(&req.ifname))?;
-
-        let host_cidr = Ipv4Cidr::new(ip, 32).map_err(|_| PodError::NoIdentity {
-            ip,
-            cluster: self.config.cluster_cidr,
-        })?;
+        .await?;
         self.netlink
             .set_up(host.index)
             .await
             .map_err(netlink_err(&host_name))?;
         self.netlink
-            .route_dev(host_cidr, host.index)
+            .route_dev(Ipv4Cidr::host(ip), host.index)
             .await
             .map_err(netlink_err(&host_name))?;
         self.netlink
             .neighbour(host.index, ip, pod_mac)
             .await
             .map_err(netlink_err(&host_name))?;
-        self.datapath
-            .lock()
-            .map_err(|_| PodError::Poisoned)?
-            .add_endpoint(
-                &host_name,
-                ip,
-                EndpointValue {
-                    ifindex: host.index,
-                    identity: identity.0,
-                    mac: pod_mac,
-                    host_mac,
-                    flags: 0,
-                },
-            )
-            .map_err(|source| PodError::Datapath {
-                host_ifname: host_name.clone(),
-                source,
-            })?;
-        let endpoint = Endpoint {
-            container_id: req.container_id.clone(),
-            ifname: req.ifname.clone(),
-            namespace: req.pod_namespace.clone(),
-            pod: req.pod_name.clone(),
+        let alloc = Allocation {
             ip,
-            identity,
-            host_ifname: host_name.clone(),
-            host_ifindex: host.index,
-            mac: format_mac(&pod_mac),
+            key,
             netns: req.netns.clone(),
+            pod_namespace: req.pod_namespace.clone(),
+            pod_name: req.pod_name.clone(),
         };
-        self.endpoints
-            .lock()
-            .map_err(|_| PodError::Poisoned)?
-            .insert(key, endpoint);
+        let identity = self.publish(&alloc, &host, pod_mac)?;
         tracing::info!(container = %req.container_id, pod = ?req.pod_name, %ip, %identity, host = %host_name, "pod attached");
         Ok(Attachment {
             ifname: req.ifname.clone(),
@@ -386,19 +356,14 @@ impl Node {
             });
         }
         let ifname = req.ifname.clone();
-        let found = netns::run_in(Path::new(&req.netns), move || async move {
+        let found = in_pod(&req.netns, &req.ifname, move || async move {
             let nl = Netlink::connect()?;
             match nl.link(&ifname).await? {
                 Some(link) => nl.first_ipv4(link.index).await,
                 None => Ok(None),
             }
         })
-        .await
-        .map_err(|source| PodError::Netns {
-            netns: req.netns.clone(),
-            source,
-        })?
-        .map_err(netlink_err(&req.ifname))?;
+        .await?;
         match found {
             Some(ip) if ip == alloc.ip => Ok(()),
             Some(ip) => Err(fail(format!(
@@ -468,17 +433,12 @@ impl Node {
             });
         }
         let ifname = key.ifname.clone();
-        let (pod_mac, pod_ip) = netns::run_in(Path::new(&alloc.netns), move || async move {
+        let (pod_mac, pod_ip) = in_pod(&alloc.netns, &key.ifname, move || async move {
             let nl = Netlink::connect()?;
             let link = nl.require_link(&ifname).await?;
-            Ok::<_, NetlinkError>((link.mac, nl.first_ipv4(link.index).await?))
+            Ok((link.mac, nl.first_ipv4(link.index).await?))
         })
-        .await
-        .map_err(|source| PodError::Netns {
-            netns: alloc.netns.clone(),
-            source,
-        })?
-        .map_err(netlink_err(&key.ifname))?;
+        .await?;
         // An ADD cut off before it configured the pod left a bare interface.
         if pod_ip != Some(alloc.ip) {
             return Err(PodError::CheckFailed {
@@ -487,11 +447,24 @@ impl Node {
                 reason: format!("pod interface has {pod_ip:?}, expected {}", alloc.ip),
             });
         }
-        let identity =
-            Identity::for_pod(self.config.cluster_cidr, alloc.ip).ok_or(PodError::NoIdentity {
-                ip: alloc.ip,
-                cluster: self.config.cluster_cidr,
-            })?;
+        self.publish(alloc, &host, pod_mac)?;
+        Ok(())
+    }
+
+    /// Put an attached pod into the datapath and the endpoint list; the one place
+    /// both ADD and re-adoption go through.
+    fn publish(
+        &self,
+        alloc: &Allocation,
+        host: &Link,
+        pod_mac: [u8; 6],
+    ) -> Result<Identity, PodError> {
+        let cluster = self.config.cluster_cidr;
+        let identity = Identity::for_pod(cluster, alloc.ip).ok_or(PodError::NoIdentity {
+            ip: alloc.ip,
+            cluster,
+        })?;
+        let host_name = host_ifname(&alloc.key);
         self.datapath
             .lock()
             .map_err(|_| PodError::Poisoned)?
@@ -508,28 +481,42 @@ impl Node {
             )
             .map_err(|source| PodError::Datapath {
                 host_ifname: host_name.clone(),
-                source,
+                source: Box::new(source),
             })?;
+        let endpoint = Endpoint {
+            container_id: alloc.key.container_id.clone(),
+            ifname: alloc.key.ifname.clone(),
+            namespace: alloc.pod_namespace.clone(),
+            pod: alloc.pod_name.clone(),
+            ip: alloc.ip,
+            identity,
+            host_ifname: host_name,
+            host_ifindex: host.index,
+            mac: format_mac(&pod_mac),
+            netns: alloc.netns.clone(),
+        };
         self.endpoints
             .lock()
             .map_err(|_| PodError::Poisoned)?
-            .insert(
-                key.clone(),
-                Endpoint {
-                    container_id: key.container_id.clone(),
-                    ifname: key.ifname.clone(),
-                    namespace: alloc.pod_namespace.clone(),
-                    pod: alloc.pod_name.clone(),
-                    ip: alloc.ip,
-                    identity,
-                    host_ifname: host_name,
-                    host_ifindex: host.index,
-                    mac: format_mac(&pod_mac),
-                    netns: alloc.netns.clone(),
-                },
-            );
-        Ok(())
+            .insert(alloc.key.clone(), endpoint);
+        Ok(identity)
     }
+}
+
+/// Run netlink work inside a pod's namespace, mapping both failure layers.
+async fn in_pod<F, Fut, T>(netns: &str, ifname: &str, work: F) -> Result<T, PodError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, NetlinkError>>,
+    T: Send + 'static,
+{
+    netns::run_in(Path::new(netns), work)
+        .await
+        .map_err(|source| PodError::Netns {
+            netns: netns.to_owned(),
+            source,
+        })?
+        .map_err(netlink_err(ifname))
 }
 
 /// Inside the pod's namespace: address, link up, and the Calico-style gateway
@@ -546,11 +533,8 @@ async fn configure_pod(
     let link = nl.require_link(&ifname).await?;
     nl.add_address(link.index, ip, 32).await?;
     nl.set_up(link.index).await?;
-    let gw = Ipv4Cidr::new(GATEWAY, 32).unwrap_or_else(|_| unreachable!("a /32 has no host bits"));
-    nl.route_dev(gw, link.index).await?;
-    let default =
-        Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or_else(|_| unreachable!("0/0 is valid"));
-    nl.route_via(default, GATEWAY, link.index).await?;
+    nl.route_dev(Ipv4Cidr::host(GATEWAY), link.index).await?;
+    nl.route_via(Ipv4Cidr::DEFAULT, GATEWAY, link.index).await?;
     nl.neighbour(link.index, GATEWAY, host_mac).await?;
     Ok(link.mac)
 }

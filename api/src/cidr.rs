@@ -40,6 +40,17 @@ impl Ipv4Cidr {
         Ok(cidr)
     }
 
+    /// The /32 of one address; infallible, unlike [`Ipv4Cidr::new`].
+    pub fn host(addr: Ipv4Addr) -> Self {
+        Self { addr, prefix: 32 }
+    }
+
+    /// 0.0.0.0/0.
+    pub const DEFAULT: Self = Self {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+    };
+
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
     }

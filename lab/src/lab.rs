@@ -359,28 +359,19 @@ impl Lab {
         Ok(())
     }
 
+    /// Start `node`'s agent again with the lab's exact command line, e.g. after a
+    /// test killed it; the caller waits for it (`process::wait_agent_ready`).
+    pub fn spawn_agent(&self, node: &str) -> Result<Child, LabError> {
+        let node = self.state.node(node).ok_or_else(|| self.unknown(node))?;
+        process::spawn_detached(&mut agent_command(&self.state, node), &node.agent_log)
+    }
+
     fn start_agents(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), LabError> {
         let mut children = Vec::new();
         for i in 0..self.state.nodes.len() {
             let node = &self.state.nodes[i];
-            let mut cmd = Command::new(self.state.bin_dir.join("lumen-agent"));
-            cmd.arg("--node-name")
-                .arg(&node.name)
-                .arg("--netns")
-                .arg(node.netns_path())
-                .arg("--socket")
-                .arg(&node.socket)
-                .arg("--state-dir")
-                .arg(&node.agent_state_dir)
-                .arg("--manifests")
-                .arg(self.state.manifests_dir())
-                .args([
-                    "--underlay-iface",
-                    "eth0",
-                    "--cluster-cidr",
-                    config::CLUSTER_CIDR,
-                ]);
-            let child = process::spawn_detached(&mut cmd, &node.agent_log)?;
+            let child =
+                process::spawn_detached(&mut agent_command(&self.state, node), &node.agent_log)?;
             self.state.nodes[i].agent_pid = Some(child.id());
             self.state.save()?;
             children.push(child);
@@ -456,6 +447,28 @@ impl Lab {
             .arg(stats_file);
         process::spawn_detached(&mut cmd, log)
     }
+}
+
+/// The agent's command line for `node`: the same at `up` and on a restart.
+fn agent_command(state: &LabState, node: &Node) -> Command {
+    let mut cmd = Command::new(state.bin_dir.join("lumen-agent"));
+    cmd.arg("--node-name")
+        .arg(&node.name)
+        .arg("--netns")
+        .arg(node.netns_path())
+        .arg("--socket")
+        .arg(&node.socket)
+        .arg("--state-dir")
+        .arg(&node.agent_state_dir)
+        .arg("--manifests")
+        .arg(state.manifests_dir())
+        .args([
+            "--underlay-iface",
+            "eth0",
+            "--cluster-cidr",
+            config::CLUSTER_CIDR,
+        ]);
+    cmd
 }
 
 /// Refuse to build over an existing lab of the same name.

@@ -112,10 +112,10 @@ pub fn wait_listening(
 }
 
 /// The `st` column of a listening TCP socket in `/proc/net/tcp`.
-const TCP_LISTEN: &str = "0A";
+pub const TCP_LISTEN: &str = "0A";
 
 /// Local ports in a `/proc/net/{tcp,udp}[6]` table, optionally only in state `state`.
-fn bound_ports(table: &str, state: Option<&str>) -> Vec<u16> {
+pub fn bound_ports(table: &str, state: Option<&str>) -> Vec<u16> {
     table
         .lines()
         .skip(1)

@@ -43,22 +43,9 @@ struct RestartedAgent {
 
 impl RestartedAgent {
     fn start(lab: &Lab) -> Self {
-        let state = lab.state();
         let node = lab.node(NODE).expect("node-1");
-        let mut cmd = Command::new(state.bin_dir.join("lumen-agent"));
-        cmd.arg("--node-name")
-            .arg(&node.name)
-            .arg("--netns")
-            .arg(node.netns_path())
-            .arg("--socket")
-            .arg(&node.socket)
-            .arg("--state-dir")
-            .arg(&node.agent_state_dir)
-            .arg("--manifests")
-            .arg(state.manifests_dir())
-            .args(["--underlay-iface", "eth0"])
-            .args(["--cluster-cidr", lumen_lab::config::CLUSTER_CIDR]);
-        let mut child = lumen_lab::process::spawn_detached(&mut cmd, &node.agent_log)
+        let mut child = lab
+            .spawn_agent(NODE)
             .unwrap_or_else(|e| panic!("restarting the agent: {e}"));
         if let Err(e) = lumen_lab::process::wait_agent_ready(&mut child, node, AGENT_READY) {
             let _ = child.kill();

@@ -3,6 +3,7 @@
 //! request/response latency tool for benchmarks. Blocking std sockets only, so each tool
 //! can run on a plain thread right after `netns::enter`.
 
+pub mod checksum;
 mod echo;
 mod icmp;
 mod ipv4;

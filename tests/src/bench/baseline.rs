@@ -73,18 +73,7 @@ impl Flannel {
 fn node(underlay: &Netns, i: u32) -> Result<Netns> {
     let ns = Netns::add(&format!("lbf-node-{i}"))?;
     let peer = format!("n{i}");
-    underlay.ip(&[
-        "link",
-        "add",
-        &peer,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])?;
+    underlay.veth(&peer, "eth0", Some(&ns), None)?;
     underlay.ip(&["link", "set", &peer, "master", "br0", "up"])?;
     let ip = node_ip(i).to_string();
     let addr = format!("{ip}/{}", underlay_cidr().prefix());
@@ -134,22 +123,7 @@ fn gateway(node: u32) -> Ipv4Addr {
 fn pod(node: &Netns, i: u32) -> Result<(Netns, Ipv4Addr)> {
     let ns = Netns::add(&format!("lbf-pod-{i}"))?;
     let host = format!("veth{i}");
-    node.ip(&[
-        "link",
-        "add",
-        &host,
-        "mtu",
-        POD_MTU,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "mtu",
-        POD_MTU,
-        "netns",
-        ns.name(),
-    ])?;
+    node.veth(&host, "eth0", Some(&ns), Some(POD_MTU))?;
     node.ip(&["link", "set", &host, "master", BRIDGE, "up"])?;
     let [a, b, c, _] = pod_cidr(i).addr().octets();
     let ip = Ipv4Addr::new(a, b, c, 2);
@@ -210,18 +184,7 @@ impl DirectVeth {
     pub fn up() -> Result<Self> {
         let a = Netns::add("lbf-direct-a")?;
         let b = Netns::add("lbf-direct-b")?;
-        a.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            b.name(),
-        ])?;
+        a.veth("eth0", "eth0", Some(&b), None)?;
         for (ns, ip) in [(&a, Self::A_IP), (&b, Self::B_IP)] {
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;

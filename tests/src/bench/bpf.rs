@@ -59,7 +59,7 @@ pub fn run(options: Options) -> Result<()> {
     let pod_b = pod_ip(1, 3);
     let mut endpoints = Vec::new();
     for (host, peer, ip) in [("lbb-a", "lbb-pa", pod_a), ("lbb-b", "lbb-pb", pod_b)] {
-        ns.ip(&["link", "add", host, "type", "veth", "peer", "name", peer])?;
+        ns.veth(host, peer, None, None)?;
         ns.ip(&["link", "set", host, "up"])?;
         endpoints.push((host, ip, ns.ifindex(host)?));
     }

@@ -43,6 +43,23 @@ impl Netns {
         Ok(topology::ip(&all)?)
     }
 
+    /// A veth pair `name` here, `peer` in `peer_ns` (this namespace when `None`),
+    /// both ends with `mtu` when given.
+    pub fn veth(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_ns: Option<&Netns>,
+        mtu: Option<&str>,
+    ) -> Result<()> {
+        let mut args = vec!["link", "add", name];
+        args.extend(mtu.map(|m| ["mtu", m]).into_iter().flatten());
+        args.extend(["type", "veth", "peer", "name", peer]);
+        args.extend(mtu.map(|m| ["mtu", m]).into_iter().flatten());
+        args.extend(peer_ns.map(|ns| ["netns", ns.name()]).into_iter().flatten());
+        self.ip(&args)
+    }
+
     /// `bridge -n NAME ARGS…` (the VXLAN forwarding database).
     pub fn bridge(&self, args: &[&str]) -> Result<()> {
         topology::run(Command::new("bridge").args(["-n", &self.name]).args(args))?;

@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use lumen_lab::netio::checksum::internet_checksum;
+
 const ETH_LEN: usize = 14;
 const IP_LEN: usize = 20;
 const TCP_LEN: usize = 20;
@@ -54,18 +56,9 @@ pub fn tcp_syn(
     frame
 }
 
-/// The Internet checksum (RFC 1071) over the concatenation of `parts`, each of
-/// even length.
+/// The Internet checksum over the concatenation of `parts`.
 fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = parts
-        .iter()
-        .flat_map(|p| p.chunks(2))
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    internet_checksum(&parts.concat())
 }
 
 #[cfg(test)]

@@ -6,13 +6,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use lumen_lab::process::{TCP_LISTEN, bound_ports};
 use lumen_lab::topology::describe;
 
 /// How long a server gets to start listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(10);
-/// The `st` column of a listening socket in `/proc/net/tcp`.
-const TCP_LISTEN: &str = "0A";
 
 /// A server process, killed and reaped when dropped.
 #[derive(Debug)]
@@ -75,14 +74,7 @@ impl Drop for Server {
 
 /// Whether a `/proc/net/tcp` table has a listening socket on `port`.
 fn listens(table: &str, port: u16) -> bool {
-    table.lines().skip(1).any(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let local_port = cols
-            .get(1)
-            .and_then(|local| local.rsplit(':').next())
-            .and_then(|p| u16::from_str_radix(p, 16).ok());
-        local_port == Some(port) && cols.get(3) == Some(&TCP_LISTEN)
-    })
+    bound_ports(table, Some(TCP_LISTEN)).contains(&port)
 }
 
 #[cfg(test)]

@@ -3,59 +3,21 @@
 //! decision, the MAC rewrite and the per-CPU counters.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::Command;
 
 use aya::programs::{TestRun, TestRunOptions};
 use lumen_agent::datapath::Datapath;
 use lumen_agent::datapath::abi::{EndpointValue, names};
+use lumen_tests::bench::netns::Netns;
+use lumen_tests::bench::packet::tcp_syn;
+use lumen_tests::harness;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
 
-/// A network namespace for this test, deleted on drop (also on panic).
-struct NetnsGuard {
-    name: String,
-}
-
-impl NetnsGuard {
-    fn new(name: &str) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", name])
-            .status()
-            .expect("ip runs");
-        assert!(ok.success(), "ip netns add {name}");
-        Self {
-            name: name.to_owned(),
-        }
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let ok = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .status()
-            .expect("ip runs");
-        assert!(ok.success(), "ip -n {} {args:?}", self.name);
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn ifindex(ns: &NetnsGuard, name: &str) -> u32 {
+fn ifindex(ns: &Netns, name: &str) -> u32 {
     let out = Command::new("ip")
-        .args(["-n", &ns.name, "-o", "link", "show", name])
+        .args(["-n", ns.name(), "-o", "link", "show", name])
         .output()
         .expect("ip runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -65,50 +27,20 @@ fn ifindex(ns: &NetnsGuard, name: &str) -> u32 {
         .expect("ifindex")
 }
 
-/// Ethernet + IPv4 + TCP SYN, checksums filled.
+/// A TCP SYN as a pod would send it.
 fn syn(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut p = vec![0u8; 14 + 20 + 20];
-    p[0..6].copy_from_slice(&[0xee; 6]);
-    p[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut p[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[6] = 0x40;
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let sum = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let folded = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    ip[10..12].copy_from_slice(&folded.to_be_bytes());
-    let tcp = &mut p[34..54];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
-    p
+    tcp_syn([0x02, 0, 0, 0, 0, 1], [0xee; 6], src, dst, 40000, 80)
 }
 
 #[test]
 fn forwarding_decisions_in_the_kernel() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "needs root in CI");
-        eprintln!("skipping: needs root");
+    if !harness::require_root("forwarding_decisions_in_the_kernel") {
         return;
     }
-    let ns = NetnsGuard::new("lumen-test-dp");
-    ns.ip(&[
-        "link", "add", "hostA", "type", "veth", "peer", "name", "podA",
-    ]);
-    ns.ip(&[
-        "link", "add", "hostB", "type", "veth", "peer", "name", "podB",
-    ]);
-    ns.ip(&["link", "add", "vx", "type", "veth", "peer", "name", "vxp"]);
+    let ns = Netns::add("lumen-test-dp").expect("test netns");
+    for (a, b) in [("hostA", "podA"), ("hostB", "podB"), ("vx", "vxp")] {
+        ns.veth(a, b, None, None).expect("veth pair");
+    }
     let vx = ifindex(&ns, "vx");
     let host_b = ifindex(&ns, "hostB");
     // Attach and publish from inside the namespace (this thread only).
