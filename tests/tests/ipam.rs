@@ -140,6 +140,8 @@ fn allocations_survive_agent_restart() {
     );
 
     kill_9(lab_agent_pid(&lab));
+    // The datapath outlives its agent: pods keep talking while it is down.
+    assert!(pods[0].pings(ips[1]), "forwarding stopped with the agent");
     // While the agent is down the runtime is told to try again later.
     let outage = runtime.add(VERSION, "ipamrs-outage", &pods[5]);
     assert_eq!(outage.expect_error("ADD without agent"), 11);
@@ -157,6 +159,33 @@ fn allocations_survive_agent_restart() {
     );
 
     assert_eq!(support::ipam(&lab), ipam, "IPAM after the restart");
+    // The new agent replaced the old agent's filters instead of stacking its own.
+    for ep in &endpoints {
+        for dir in ["ingress", "egress"] {
+            let out = std::process::Command::new("tc")
+                .args([
+                    "-n",
+                    &node.netns,
+                    "filter",
+                    "show",
+                    "dev",
+                    &ep.host_ifname,
+                    dir,
+                ])
+                .output()
+                .expect("tc runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let filters = text
+                .lines()
+                .filter(|l| l.contains(" bpf ") && l.contains("name "))
+                .count();
+            assert_eq!(
+                filters, 1,
+                "{} {dir} after the restart:\n{text}",
+                ep.host_ifname
+            );
+        }
+    }
     assert_eq!(support::endpoints(&lab), endpoints, "re-adopted endpoints");
     for (((container, result), pod), ip) in results.iter().zip(&pods).zip(&ips) {
         let shown = pod.addr_show(support::IFNAME);

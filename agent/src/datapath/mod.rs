@@ -2,8 +2,9 @@
 //! map handles, attaches the tc programs to pod veths and the VXLAN device, and
 //! writes endpoints and remote pod CIDRs into the maps.
 //!
-//! Attachments are TCX links owned by this process: they go away when the agent
-//! exits, and the agent re-attaches every known endpoint when it starts.
+//! Attachments are tc filters on a clsact qdisc. They outlive the agent, so pods
+//! keep forwarding (with the maps as they were) while an agent restarts; the new
+//! agent replaces the filters of every endpoint it re-adopts.
 
 pub mod abi;
 
@@ -13,6 +14,7 @@ use std::net::Ipv4Addr;
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray};
 use aya::programs::tc::{
     NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
+    qdisc_detach_program,
 };
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -256,6 +258,15 @@ impl Datapath {
         }
         let mut attached = Vec::with_capacity(hooks.len());
         for hook in hooks {
+            // Filters outlive the process that added them: replace those of an
+            // earlier agent instead of stacking ours beside them.
+            match qdisc_detach_program(iface, hook.direction, hook.program) {
+                // No such filter yet, or no such interface (attach reports that).
+                Ok(()) | Err(TcError::IoError(_)) => {}
+                Err(error) => {
+                    tracing::debug!(%iface, program = hook.program, %error, "removing a stale filter failed");
+                }
+            }
             let result = program(&mut self.ebpf, hook.program).and_then(|prog| {
                 prog.attach_with_options(
                     iface,
