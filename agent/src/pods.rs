@@ -267,15 +267,16 @@ impl Node {
         if let Ok(mut eps) = self.endpoints.lock() {
             eps.remove(key);
         }
-        // A socket of its own: the kernel handles one socket's requests in order,
-        // and a veth deletion waits out an RCU grace period, so concurrent DELs on
-        // the shared socket would queue behind each other.
-        let deleted = match Netlink::connect() {
-            Ok(nl) => nl.delete_link(&host_name).await,
-            Err(e) => Err(e),
-        };
-        if let Err(error) = deleted {
-            tracing::warn!(host = %host_name, %error, "deleting the veth failed");
+        // A socket and a thread of its own: the kernel handles one socket's requests
+        // in order, and the deletion blocks in the kernel for an RCU grace period.
+        let name = host_name.clone();
+        let deleted =
+            netns::run_here(move || async move { Netlink::connect()?.delete_link(&name).await })
+                .await;
+        match deleted {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(host = %host_name, %error, "deleting the veth failed"),
+            Err(error) => tracing::warn!(host = %host_name, %error, "deleting the veth failed"),
         }
     }
 
