@@ -6,9 +6,13 @@ pub mod cidr;
 pub mod client;
 pub mod cni;
 pub mod endpoint;
+pub mod filter;
+pub mod flow;
 pub mod paths;
 pub mod tag;
 
 pub use cidr::Ipv4Cidr;
 pub use endpoint::{Endpoint, Identity};
+pub use filter::{FilterError, FlowFilter, FlowQuery};
+pub use flow::{Flow, FlowEndpoint, FlowEvent, LostEvents, LostSource};
 pub use tag::Tag;

@@ -16,3 +16,6 @@ pub const ENDPOINTS: &str = "/v1/endpoints";
 pub const IPAM: &str = "/v1/ipam";
 /// `GET` the datapath's per-CPU packet counters, summed, by name.
 pub const COUNTERS: &str = "/v1/datapath/counters";
+/// `GET` flow records as NDJSON ([`crate::FlowEvent`] a line), filtered by a
+/// [`crate::FlowQuery`] in the query string.
+pub const FLOWS: &str = "/v1/flows";
