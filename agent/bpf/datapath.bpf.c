@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Lumen's datapath entry points. Each is thin: parse, then the helpers in
- * forward.h decide. Attached with tc (TCX):
+ * Lumen's datapath entry points. Each is thin: parse, decide (forward.h), account
+ * the packet to its flow (flow.h), act. Attached as tc (clsact) filters:
  *   from_pod     host veth ingress  (what the pod sends)
  *   to_pod       host veth egress   (what the host stack sends into the pod)
  *   from_overlay VXLAN ingress      (decapsulated packets from other nodes)
  *   to_overlay   VXLAN egress       (host-stack packets routed to remote pod CIDRs)
+ * Packets redirected between these hooks skip the host stack and the egress hook
+ * of their target, so every packet is accounted exactly once per node.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -16,14 +18,26 @@
 #include "parse.h"
 #include "counters.h"
 #include "forward.h"
+#include "flow.h"
+
+/* Identities of a packet's endpoints as this node derives them from addresses. */
+static __always_inline void observe_addrs(struct flow_obs *obs, struct pkt *p,
+					  struct dp_config *cfg, struct __sk_buff *skb)
+{
+	obs->src_identity = identity_of_addr(p->saddr, cfg);
+	obs->dst_identity = identity_of_addr(p->daddr, cfg);
+	obs->traced = !!(skb->mark & MARK_TRACE);
+}
 
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
+	struct flow_obs obs = {};
 	struct pkt p;
 	struct dp_config *cfg;
 	struct endpoint *dst;
 	struct remote_node *rn;
+	__u32 tag;
 
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_OK;
@@ -33,20 +47,28 @@ int from_pod(struct __sk_buff *skb)
 		count(CNT_DROP_NO_CONFIG);
 		return TC_ACT_OK;
 	}
+	observe_addrs(&obs, &p, cfg, skb);
 	dst = endpoint_of(p.daddr);
 	if (dst) {
+		flow_track(skb, &p, cfg, &obs);
 		count(CNT_LOCAL_REDIRECT);
 		return deliver_local(skb, &p, dst);
 	}
 	rn = remote_of(p.daddr);
 	if (rn) {
-		if (set_tunnel(skb, rn, make_tag(identity_of(p.saddr, cfg), skb))) {
+		tag = make_tag(obs.src_identity, skb);
+		if (set_tunnel(skb, rn, tag)) {
+			obs.drop = DROP_TUNNEL_KEY;
+			flow_track(skb, &p, cfg, &obs);
 			count(CNT_DROP_TUNNEL_KEY);
 			return TC_ACT_SHOT;
 		}
+		obs.tag = tag;
+		flow_track(skb, &p, cfg, &obs);
 		count(CNT_TUNNELLED);
 		return bpf_redirect(cfg->vxlan_ifindex, 0);
 	}
+	flow_track(skb, &p, cfg, &obs);
 	count(CNT_TO_STACK);
 	return TC_ACT_OK;
 }
@@ -54,7 +76,18 @@ int from_pod(struct __sk_buff *skb)
 SEC("classifier")
 int to_pod(struct __sk_buff *skb)
 {
+	struct flow_obs obs = {};
+	struct dp_config *cfg;
+	struct pkt p;
+
 	count(CNT_TO_POD);
+	if (parse_ipv4(skb, &p))
+		return TC_ACT_OK;
+	cfg = dp_config();
+	if (!cfg)
+		return TC_ACT_OK;
+	observe_addrs(&obs, &p, cfg, skb);
+	flow_track(skb, &p, cfg, &obs);
 	return TC_ACT_OK;
 }
 
@@ -62,6 +95,8 @@ SEC("classifier")
 int from_overlay(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
+	struct flow_obs obs = {};
+	struct dp_config *cfg;
 	struct endpoint *dst;
 	struct pkt p;
 
@@ -72,6 +107,14 @@ int from_overlay(struct __sk_buff *skb)
 		skb->mark |= MARK_TRACE;
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_OK;
+	cfg = dp_config();
+	if (cfg) {
+		observe_addrs(&obs, &p, cfg, skb);
+		/* The sender's identity comes with the packet: no lookup. */
+		obs.src_identity = key.tunnel_id & TAG_IDENTITY_MASK;
+		obs.tag = key.tunnel_id;
+		flow_track(skb, &p, cfg, &obs);
+	}
 	dst = endpoint_of(p.daddr);
 	if (!dst) {
 		/* For this node's host stack (e.g. a pod's reply to the node): the inner
@@ -88,21 +131,33 @@ SEC("classifier")
 int to_overlay(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
+	struct flow_obs obs = {};
 	struct dp_config *cfg;
 	struct remote_node *rn;
 	struct pkt p;
+	__u32 tag;
 
-	/* Packets from_pod redirected here already carry their key. */
+	/* Packets from_pod redirected here already carry their key (and were accounted). */
 	if (!bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) && key.remote_ipv4)
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_SHOT;
 	cfg = dp_config();
 	rn = remote_of(p.daddr);
-	if (!cfg || !rn || set_tunnel(skb, rn, make_tag(identity_of(p.saddr, cfg), skb))) {
+	if (!cfg || !rn) {
 		count(CNT_DROP_TUNNEL_KEY);
 		return TC_ACT_SHOT;
 	}
+	observe_addrs(&obs, &p, cfg, skb);
+	tag = make_tag(obs.src_identity, skb);
+	if (set_tunnel(skb, rn, tag)) {
+		obs.drop = DROP_TUNNEL_KEY;
+		flow_track(skb, &p, cfg, &obs);
+		count(CNT_DROP_TUNNEL_KEY);
+		return TC_ACT_SHOT;
+	}
+	obs.tag = tag;
+	flow_track(skb, &p, cfg, &obs);
 	count(CNT_HOST_TUNNELLED);
 	return TC_ACT_OK;
 }

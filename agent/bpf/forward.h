@@ -34,18 +34,6 @@ static __always_inline struct remote_node *remote_of(__u32 addr)
 	return bpf_map_lookup_elem(&remote_cidrs, &key);
 }
 
-/* The identity a packet from `saddr` carries; a pod's own, or host/world. */
-static __always_inline __u32 identity_of(__u32 saddr, struct dp_config *cfg)
-{
-	struct endpoint *src = endpoint_of(saddr);
-
-	if (src)
-		return src->identity;
-	if (saddr == cfg->node_ip)
-		return IDENTITY_HOST;
-	return IDENTITY_WORLD;
-}
-
 static __always_inline __u32 make_tag(__u32 identity, struct __sk_buff *skb)
 {
 	__u32 tag = identity & TAG_IDENTITY_MASK;

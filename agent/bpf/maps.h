@@ -26,6 +26,15 @@
 
 #define MAX_ENDPOINTS 65536
 #define MAX_REMOTE_CIDRS 4096
+/* Defaults; the agent may resize both at load time. */
+#define MAX_FLOWS 131072
+#define FLOW_EVENTS_BYTES (256 * 1024)
+
+/* First identity handed to pods (api::Identity::POD_BASE). */
+#define IDENTITY_POD_BASE 256
+
+/* dp_config.flags */
+#define CFG_NO_FLOWS 1u /* flow tracking off (benchmarks measure its cost) */
 
 /* A pod attached to this node, keyed by its IPv4 address (network order). */
 struct endpoint {
@@ -54,6 +63,77 @@ struct dp_config {
 	__u32 node_ip;      /* network order */
 	__u32 cluster_addr; /* network order */
 	__u32 cluster_mask; /* network order */
+	__u32 flags;        /* CFG_* */
+	__u32 events_per_sec; /* ring-buffer events each CPU may emit a second */
+};
+
+/* Why the datapath dropped a packet (api::DropReason codes); 0 = forwarded. */
+enum drop_reason {
+	DROP_NONE = 0,
+	DROP_POLICY = 1,
+	DROP_TUNNEL_KEY = 2,
+	DROP_NO_CONFIG = 3,
+	DROP_MAX = 4,
+};
+
+/*
+ * A flow, keyed by its 5-tuple in canonical order so both directions share one
+ * entry: (addr[0], port[0]) is the numerically lower endpoint. Side 0 is addr[0].
+ */
+struct flow_key {
+	__u32 addr[2]; /* network order */
+	__u16 port[2]; /* network order; ICMP echo: the id on both sides */
+	__u8 proto;
+	__u8 _pad[3];
+};
+
+/* flow_value.flags */
+#define FLOW_F_SIDE1_FIRST 1u /* side 1 sent the first packet seen */
+#define FLOW_F_TRACED 2u      /* a packet carried the trace bit */
+#define FLOW_F_OVERLAY 4u     /* packets crossed the overlay */
+
+/*
+ * What the datapath knows of a flow: 64 bytes, so key + value is 80 bytes and
+ * the kernel's LRU element (48 bytes of its own) is exactly 128.
+ */
+struct flow_value {
+	__u64 first_ns;       /* bpf_ktime_get_ns() of the first packet */
+	__u64 last_ns;
+	__u64 bytes[2];       /* IP bytes sent by side 0, by side 1 */
+	__u32 packets[2];     /* wraps; the agent reads more often than it can */
+	__u32 identity[2];    /* of side 0, of side 1 */
+	__u32 tag;            /* last VXLAN tag (VNI) set or seen, 0 none */
+	__u32 first_seq;      /* TCP: sequence number of the first packet; else its IPv4 id */
+	__u16 rule[2];        /* deciding policy rule, ingress and egress; 0 none */
+	__u8 tcp_flags[2];    /* seen from side 0, from side 1 */
+	__u8 drop_reason;     /* of the last packet: 0 forwarded */
+	__u8 flags;           /* FLOW_F_* */
+};
+
+/* Ring-buffer records: the flow as it was when its end (FIN/RST) or a drop was seen. */
+enum flow_event_kind {
+	EVENT_END = 1,
+	EVENT_DROP = 2,
+};
+
+struct flow_event {
+	struct flow_key key;
+	struct flow_value value;
+	__u32 kind;    /* enum flow_event_kind */
+	__u32 ifindex; /* where it was seen */
+};
+
+/* Per-CPU budget of ring-buffer events. */
+struct event_budget {
+	__u64 window_ns;
+	__u32 used;
+	__u32 _pad;
+};
+
+/* Per-CPU totals of what the flow tracker saw, and drops by reason. */
+struct traffic {
+	__u64 packets;
+	__u64 bytes;
 };
 
 /* Indexes of the per-CPU packet counters. */
@@ -68,7 +148,12 @@ enum counter {
 	CNT_HOST_TUNNELLED = 7,
 	CNT_DROP_NO_CONFIG = 8,
 	CNT_DROP_TUNNEL_KEY = 9,
-	CNT_MAX = 10,
+	CNT_FLOWS_CREATED = 10,
+	CNT_FLOW_TABLE_FULL = 11,   /* a new flow could not be inserted */
+	CNT_EVENTS = 12,            /* ring-buffer events written */
+	CNT_EVENTS_RATE_LIMITED = 13,
+	CNT_EVENTS_LOST = 14,       /* the ring buffer was full */
+	CNT_MAX = 15,
 };
 
 struct {
@@ -99,5 +184,32 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, FLOW_EVENTS_BYTES);
+} flow_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_budget);
+} event_budget SEC(".maps");
+
+/* Index 0: every packet the flow tracker saw; index r: drops for reason r. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_MAX);
+	__type(key, __u32);
+	__type(value, struct traffic);
+} traffic SEC(".maps");
 
 #endif

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod datapath;
+pub mod flows;
 pub mod ipam;
 pub mod masquerade;
 pub mod netlink;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use cluster::ClusterSource;
 use cluster::manifest::{ManifestError, ManifestSource};
+use flows::{FlowError, Flows};
 use node::{Config, Node, NodeError};
 
 /// Why the agent stopped.
@@ -37,6 +39,10 @@ pub enum AgentError {
     },
     #[error("the API server failed")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Flows(#[from] FlowError),
+    #[error("the datapath's flow maps are not available")]
+    NoFlowMaps,
 }
 
 /// Run the agent until `shutdown` resolves.
@@ -55,7 +61,21 @@ pub async fn run(
         .require_link(node::VXLAN_IFACE)
         .await
         .map_err(NodeError::from)?;
-    tokio::spawn(node.clone().follow_cluster(rx, vxlan.index));
+    tokio::spawn(node.clone().follow_cluster(rx.clone(), vxlan.index));
+    let maps = node
+        .datapath
+        .lock()
+        .map_err(|_| AgentError::NoFlowMaps)?
+        .take_flow_maps()
+        .ok_or(AgentError::NoFlowMaps)?;
+    let flows = Arc::new(Flows::start(
+        &node.config.node_name,
+        maps,
+        node.datapath.clone(),
+        rx,
+        node.config.flows.clone(),
+        Vec::new(),
+    )?);
 
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|source| AgentError::Bind {
@@ -70,9 +90,17 @@ pub async fn run(
         source,
     })?;
     tracing::info!(socket = %socket.display(), "node API listening");
-    let served = axum::serve(listener, server::app(node))
+    let state = server::AppState {
+        node,
+        flows: flows.clone(),
+    };
+    let served = axum::serve(listener, server::app(state))
         .with_graceful_shutdown(shutdown)
         .await;
     let _ = std::fs::remove_file(&socket);
+    let stopping = flows.clone();
+    if tokio::task::spawn_blocking(move || stopping.stop()).await.is_err() {
+        tracing::error!("stopping the flow pipeline failed");
+    }
     served.map_err(AgentError::Serve)
 }

@@ -2,9 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use lumen_agent::datapath::{FlowSettings, LoadOptions};
+use lumen_agent::flows::FlowConfig;
+use lumen_agent::flows::cache::Timeouts;
 use lumen_agent::node::Config;
 use lumen_api::Ipv4Cidr;
 
@@ -37,6 +41,43 @@ struct Args {
     pod_cidr: Option<Ipv4Cidr>,
     #[arg(long, default_value_t = 4789)]
     vxlan_port: u16,
+    /// Track flows in the datapath (`off` only to measure what tracking costs).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    observability: String,
+    /// Entries of the kernel flow table (least recently used evicted).
+    #[arg(long, default_value_t = 131_072)]
+    max_flows: u32,
+    /// Bytes of the flow-event ring buffer (a power of two ≥ 4096).
+    #[arg(long, default_value_t = 256 * 1024)]
+    flow_events_bytes: u32,
+    /// Flow events (TCP ends, drops) each CPU may emit a second.
+    #[arg(long, default_value_t = 10_000)]
+    flow_events_per_sec: u32,
+    /// How often the kernel flow table is read (e.g. 1s, 250ms).
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    flow_drain_interval: Duration,
+    /// A flow without packets this long has ended.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    idle_timeout: Duration,
+    /// A live flow gets a record this often.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    active_timeout: Duration,
+    /// Recent flow events kept for `GET /v1/flows`.
+    #[arg(long, default_value_t = 8192)]
+    recent_flows: usize,
+}
+
+/// `250ms`, `15s`, `2m`.
+fn duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected a number and a unit (ms, s, m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -70,6 +111,23 @@ fn run() -> anyhow::Result<()> {
         cluster_cidr: args.cluster_cidr,
         pod_cidr: args.pod_cidr,
         vxlan_port: args.vxlan_port,
+        datapath: LoadOptions {
+            max_flows: args.max_flows,
+            events_bytes: args.flow_events_bytes,
+        },
+        flow_settings: FlowSettings {
+            enabled: args.observability == "on",
+            events_per_sec: args.flow_events_per_sec,
+        },
+        flows: FlowConfig {
+            timeouts: Timeouts {
+                idle: args.idle_timeout,
+                active: args.active_timeout,
+                ..Timeouts::default()
+            },
+            drain_interval: args.flow_drain_interval,
+            recent: args.recent_flows,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -12,7 +12,8 @@ use lumen_api::cni::AttachmentKey;
 use lumen_api::{Endpoint, Ipv4Cidr};
 
 use crate::cluster::ClusterState;
-use crate::datapath::{Datapath, DatapathError};
+use crate::datapath::{Datapath, DatapathError, FlowSettings, LoadOptions};
+use crate::flows::FlowConfig;
 use crate::ipam::{Ipam, IpamError};
 use crate::masquerade::{self, MasqueradeError};
 use crate::netlink::{Netlink, NetlinkError};
@@ -35,6 +36,12 @@ pub struct Config {
     /// Overrides the Node's `spec.podCIDR`.
     pub pod_cidr: Option<Ipv4Cidr>,
     pub vxlan_port: u16,
+    /// Flow table sizes (fixed at load).
+    pub datapath: LoadOptions,
+    /// Flow tracking in the datapath.
+    pub flow_settings: FlowSettings,
+    /// The flow pipeline.
+    pub flows: FlowConfig,
 }
 
 /// Why the node could not be brought up.
@@ -110,8 +117,13 @@ impl Node {
             .create_vxlan(VXLAN_IFACE, config.vxlan_port, pod_mtu)
             .await?;
 
-        let mut datapath = Datapath::load()?;
-        datapath.configure(vxlan.index, node_ip, config.cluster_cidr)?;
+        let mut datapath = Datapath::load_with(config.datapath)?;
+        datapath.configure(
+            vxlan.index,
+            node_ip,
+            config.cluster_cidr,
+            config.flow_settings,
+        )?;
         datapath.attach_overlay(VXLAN_IFACE)?;
         masquerade::install(config.cluster_cidr, VXLAN_IFACE)?;
 

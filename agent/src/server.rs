@@ -1,19 +1,43 @@
 //! The node API over a unix socket (axum): the CNI operations, endpoints, IPAM,
-//! datapath counters and health. Paths come from `lumen_api::paths`.
+//! datapath counters, the flow stream and health. Paths come from `lumen_api::paths`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRef, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lumen_api::cni::{AgentError, CniRequest, GcRequest, code};
-use lumen_api::paths;
+use lumen_api::flow::FlowEvent;
+use lumen_api::{FlowFilter, FlowQuery, paths};
 use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
 
+use crate::flows::Flows;
 use crate::node::Node;
 use crate::pods::PodError;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub flows: Arc<Flows>,
+}
+
+impl FromRef<AppState> for Arc<Node> {
+    fn from_ref(state: &AppState) -> Self {
+        state.node.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Flows> {
+    fn from_ref(state: &AppState) -> Self {
+        state.flows.clone()
+    }
+}
 
 /// An error answer: the CNI code travels in the body.
 #[derive(Debug)]
@@ -38,7 +62,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The router, testable with `tower::ServiceExt::oneshot`.
-pub fn app(node: Arc<Node>) -> Router {
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route(paths::HEALTHZ, get(healthz))
         .route(paths::CNI_ADD, post(add))
@@ -48,7 +72,9 @@ pub fn app(node: Arc<Node>) -> Router {
         .route(paths::ENDPOINTS, get(endpoints))
         .route(paths::IPAM, get(ipam))
         .route(paths::COUNTERS, get(counters))
-        .with_state(node)
+        .route(paths::FLOWS, get(flows))
+        .route(paths::FLOW_STATS, get(flow_stats))
+        .with_state(state)
 }
 
 fn poisoned() -> ApiError {
@@ -119,4 +145,53 @@ async fn counters(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, Ap
         .map(|(k, v)| (k.to_owned(), v.into()))
         .collect();
     Ok(Json(counters))
+}
+
+fn ndjson(event: &FlowEvent) -> Result<Bytes, Infallible> {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    Ok(Bytes::from(line))
+}
+
+/// `GET /v1/flows`: the recent events that match, then (with `follow`) new ones
+/// as they come; a follower that falls behind gets a lost-events line.
+async fn flows(
+    State(flows): State<Arc<Flows>>,
+    Query(query): Query<FlowQuery>,
+) -> Response {
+    let filter = match FlowFilter::try_from(&query) {
+        Ok(f) => f,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() })))
+                .into_response();
+        }
+    };
+    let (snapshot, upto, rx) = flows.hub.open(&filter, query.last);
+    let recent = futures::stream::iter(snapshot.into_iter().map(|e| ndjson(&e)));
+    let body = if query.follow {
+        let live = futures::stream::unfold((rx, filter, flows), move |(mut rx, filter, flows)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok((seq, e)) if seq > upto && filter.matches(&e) => {
+                        return Some((ndjson(&e), (rx, filter, flows)));
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => {
+                        flows.reader_lagged(n);
+                        let lost = flows.hub.lagged(n);
+                        return Some((ndjson(&lost), (rx, filter, flows)));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+        Body::from_stream(futures::StreamExt::chain(recent, live))
+    } else {
+        Body::from_stream(recent)
+    };
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+async fn flow_stats(State(flows): State<Arc<Flows>>) -> Json<lumen_api::flow::FlowStats> {
+    Json(flows.stats())
 }

@@ -374,3 +374,46 @@ impl FlowEvent {
         }
     }
 }
+
+/// Records lost, by where they were lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LostCounts {
+    pub ring_buffer: u64,
+    pub rate_limit: u64,
+    pub flow_table: u64,
+    pub sink: u64,
+}
+
+impl LostCounts {
+    pub fn add(&mut self, source: LostSource, count: u64) {
+        let slot = match source {
+            LostSource::RingBuffer => &mut self.ring_buffer,
+            LostSource::RateLimit => &mut self.rate_limit,
+            LostSource::FlowTable => &mut self.flow_table,
+            LostSource::Sink => &mut self.sink,
+        };
+        *slot += count;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ring_buffer + self.rate_limit + self.flow_table + self.sink
+    }
+}
+
+/// The flow pipeline's state on one node (`GET /v1/flows/stats`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct FlowStats {
+    pub node: String,
+    /// Flows the agent currently tracks.
+    pub active_flows: u64,
+    /// Records that closed a period of a flow (they went to the sinks).
+    pub records: u64,
+    /// Snapshots for the live stream (first sight, drops).
+    pub snapshots: u64,
+    /// Ring-buffer events read.
+    pub events: u64,
+    pub lost: LostCounts,
+    /// The IPFIX exporter's own statistics, per collector, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exporter: Option<serde_json::Value>,
+}

@@ -19,3 +19,5 @@ pub const COUNTERS: &str = "/v1/datapath/counters";
 /// `GET` flow records as NDJSON ([`crate::FlowEvent`] a line), filtered by a
 /// [`crate::FlowQuery`] in the query string.
 pub const FLOWS: &str = "/v1/flows";
+/// `GET` the flow pipeline's state ([`crate::flow::FlowStats`]).
+pub const FLOW_STATS: &str = "/v1/flows/stats";

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use aya::programs::{TestRun, TestRunOptions};
-use lumen_agent::datapath::Datapath;
+use lumen_agent::datapath::{Datapath, FlowSettings};
 use lumen_agent::datapath::abi::{EndpointValue, names};
 use lumen_tests::bench::netns::Netns;
 use lumen_tests::bench::packet::tcp_syn;
@@ -51,6 +51,7 @@ fn forwarding_decisions_in_the_kernel() {
         vx,
         Ipv4Addr::new(192, 0, 2, 11),
         "10.244.0.0/16".parse().unwrap(),
+        FlowSettings::default(),
     )
     .expect("configure");
     let pod_a = Ipv4Addr::new(10, 244, 1, 1);

@@ -36,6 +36,78 @@ pub struct DpConfig {
     pub node_ip: u32,
     pub cluster_addr: u32,
     pub cluster_mask: u32,
+    pub flags: u32,
+    pub events_per_sec: u32,
+}
+
+/// `dp_config.flags`: flow tracking off.
+pub const CFG_NO_FLOWS: u32 = 1;
+
+/// `struct flow_key`: a 5-tuple in canonical order (side 0 is the lower
+/// (address, port)); addresses and ports in network order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub addr: [u32; 2],
+    pub port: [u16; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `struct flow_value`: what the datapath accumulated for a flow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub bytes: [u64; 2],
+    pub packets: [u32; 2],
+    pub identity: [u32; 2],
+    pub tag: u32,
+    pub first_seq: u32,
+    pub rule: [u16; 2],
+    pub tcp_flags: [u8; 2],
+    pub drop_reason: u8,
+    pub flags: u8,
+}
+
+/// `flow_value.flags`
+pub const FLOW_F_SIDE1_FIRST: u8 = 1;
+pub const FLOW_F_TRACED: u8 = 2;
+pub const FLOW_F_OVERLAY: u8 = 4;
+
+/// `struct flow_event`: a ring-buffer record.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    pub key: FlowKey,
+    pub value: FlowValue,
+    pub kind: u32,
+    pub ifindex: u32,
+}
+
+/// `enum flow_event_kind`
+pub const EVENT_END: u32 = 1;
+pub const EVENT_DROP: u32 = 2;
+
+impl FlowEvent {
+    /// Read a record from ring-buffer bytes; `None` if it is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length is checked, `FlowEvent` is plain `repr(C)` data for
+        // which every bit pattern is valid, and `read_unaligned` needs no alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
+/// `struct traffic`: packets and bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 // SAFETY: plain `repr(C)` integers and byte arrays, no padding (checked by the
@@ -45,6 +117,12 @@ unsafe impl aya::Pod for EndpointValue {}
 unsafe impl aya::Pod for RemoteNode {}
 // SAFETY: as above.
 unsafe impl aya::Pod for DpConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Traffic {}
 
 /// An address as the datapath stores it: network byte order in a native `u32`.
 pub fn be_addr(ip: Ipv4Addr) -> u32 {
@@ -63,7 +141,19 @@ pub const COUNTERS: &[&str] = &[
     "host_tunnelled",
     "drop_no_config",
     "drop_tunnel_key",
+    "flows_created",
+    "flow_table_full",
+    "events",
+    "events_rate_limited",
+    "events_lost",
 ];
+
+/// Indexes into [`COUNTERS`] the flow collector reads.
+pub mod counter {
+    pub const EVENTS_RATE_LIMITED: u32 = 13;
+    pub const EVENTS_LOST: u32 = 14;
+    pub const FLOW_TABLE_FULL: u32 = 11;
+}
 
 /// Map and program names, as in the C sources.
 pub mod names {
@@ -71,6 +161,9 @@ pub mod names {
     pub const REMOTE_CIDRS: &str = "remote_cidrs";
     pub const CONFIG: &str = "config";
     pub const COUNTERS: &str = "counters";
+    pub const FLOWS: &str = "flows";
+    pub const FLOW_EVENTS: &str = "flow_events";
+    pub const TRAFFIC: &str = "traffic";
     pub const FROM_POD: &str = "from_pod";
     pub const TO_POD: &str = "to_pod";
     pub const FROM_OVERLAY: &str = "from_overlay";
@@ -81,6 +174,8 @@ pub mod names {
 #[cfg(test)]
 mod tests {
     use std::mem::{offset_of, size_of};
+
+    use lumen_api::flow::DropReason;
 
     use super::*;
 
@@ -123,6 +218,32 @@ mod tests {
                 offset_of!(DpConfig, cluster_mask),
                 4,
             ),
+            ("dp_config.flags", offset_of!(DpConfig, flags), 4),
+            (
+                "dp_config.events_per_sec",
+                offset_of!(DpConfig, events_per_sec),
+                4,
+            ),
+            ("flow_key.addr", offset_of!(FlowKey, addr), 8),
+            ("flow_key.port", offset_of!(FlowKey, port), 4),
+            ("flow_key.proto", offset_of!(FlowKey, proto), 1),
+            ("flow_value.first_ns", offset_of!(FlowValue, first_ns), 8),
+            ("flow_value.last_ns", offset_of!(FlowValue, last_ns), 8),
+            ("flow_value.bytes", offset_of!(FlowValue, bytes), 16),
+            ("flow_value.packets", offset_of!(FlowValue, packets), 8),
+            ("flow_value.identity", offset_of!(FlowValue, identity), 8),
+            ("flow_value.tag", offset_of!(FlowValue, tag), 4),
+            ("flow_value.first_seq", offset_of!(FlowValue, first_seq), 4),
+            ("flow_value.rule", offset_of!(FlowValue, rule), 4),
+            ("flow_value.tcp_flags", offset_of!(FlowValue, tcp_flags), 2),
+            ("flow_value.drop_reason", offset_of!(FlowValue, drop_reason), 1),
+            ("flow_value.flags", offset_of!(FlowValue, flags), 1),
+            ("flow_event.key", offset_of!(FlowEvent, key), 16),
+            ("flow_event.value", offset_of!(FlowEvent, value), 64),
+            ("flow_event.kind", offset_of!(FlowEvent, kind), 4),
+            ("flow_event.ifindex", offset_of!(FlowEvent, ifindex), 4),
+            ("traffic.packets", offset_of!(Traffic, packets), 8),
+            ("traffic.bytes", offset_of!(Traffic, bytes), 8),
         ]
     }
 
@@ -138,6 +259,10 @@ mod tests {
             ("lpm_v4_key", size_of::<LpmV4Key>()),
             ("remote_node", size_of::<RemoteNode>()),
             ("dp_config", size_of::<DpConfig>()),
+            ("flow_key", size_of::<FlowKey>()),
+            ("flow_value", size_of::<FlowValue>()),
+            ("flow_event", size_of::<FlowEvent>()),
+            ("traffic", size_of::<Traffic>()),
         ];
         assert_eq!(rust.to_vec(), C_SIZES.to_vec());
     }
@@ -147,5 +272,33 @@ mod tests {
         let consts: std::collections::HashMap<_, _> = C_CONSTS.iter().copied().collect();
         assert_eq!(consts["TAG_TRACE"], u64::from(lumen_api::Tag::TRACE_BIT));
         assert_eq!(consts["CNT_MAX"], COUNTERS.len() as u64);
+        assert_eq!(
+            consts["IDENTITY_POD_BASE"],
+            u64::from(lumen_api::Identity::POD_BASE)
+        );
+        for (name, reason) in [
+            ("DROP_POLICY", DropReason::Policy),
+            ("DROP_TUNNEL_KEY", DropReason::TunnelKey),
+            ("DROP_NO_CONFIG", DropReason::NoConfig),
+        ] {
+            assert_eq!(consts[name], u64::from(reason.code()), "{name}");
+        }
+        assert_eq!(consts["EVENT_END"], u64::from(EVENT_END));
+        assert_eq!(consts["EVENT_DROP"], u64::from(EVENT_DROP));
+        assert_eq!(consts["FLOW_F_SIDE1_FIRST"], u64::from(FLOW_F_SIDE1_FIRST));
+        assert_eq!(consts["FLOW_F_TRACED"], u64::from(FLOW_F_TRACED));
+        assert_eq!(consts["FLOW_F_OVERLAY"], u64::from(FLOW_F_OVERLAY));
+        assert_eq!(consts["CFG_NO_FLOWS"], u64::from(CFG_NO_FLOWS));
+        let index = |name: &str| COUNTERS.iter().position(|c| *c == name).map(|i| i as u32);
+        assert_eq!(index("events_rate_limited"), Some(counter::EVENTS_RATE_LIMITED));
+        assert_eq!(index("events_lost"), Some(counter::EVENTS_LOST));
+        assert_eq!(index("flow_table_full"), Some(counter::FLOW_TABLE_FULL));
+    }
+
+    /// Key + value is what each flow costs beyond the kernel's own 48-byte LRU
+    /// element header: 80 + 48 = 128 bytes a flow.
+    #[test]
+    fn flow_entry_fits_the_memory_budget() {
+        assert_eq!(size_of::<FlowKey>() + size_of::<FlowValue>(), 80);
     }
 }

@@ -11,7 +11,7 @@ pub mod abi;
 use std::collections::HashMap as StdHashMap;
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{
     NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
     qdisc_detach_program,
@@ -20,7 +20,10 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use lumen_api::Ipv4Cidr;
 
-use abi::{DpConfig, EndpointValue, LpmV4Key, RemoteNode, be_addr, names};
+use abi::{
+    CFG_NO_FLOWS, DpConfig, EndpointValue, FlowKey, FlowValue, LpmV4Key, RemoteNode, Traffic,
+    be_addr, names,
+};
 
 /// The compiled datapath, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
@@ -82,6 +85,56 @@ const OVERLAY_HOOKS: [Hook; 2] = [
     },
 ];
 
+/// Sizes fixed when the object is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Entries of the flow table (LRU: the least recently used flow is evicted).
+    pub max_flows: u32,
+    /// Bytes of the flow-event ring buffer (a power of two, at least a page).
+    pub events_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_flows: 131_072,
+            events_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// What the flow tracker does, set at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowSettings {
+    /// Track flows at all (off only to measure what tracking costs).
+    pub enabled: bool,
+    /// Ring-buffer events each CPU may emit a second.
+    pub events_per_sec: u32,
+}
+
+impl Default for FlowSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            events_per_sec: 10_000,
+        }
+    }
+}
+
+/// The flow tracker's maps, handed whole to the flow collector so reading flows
+/// never waits on the datapath's lock.
+pub struct FlowMaps {
+    pub table: HashMap<MapData, FlowKey, FlowValue>,
+    pub events: RingBuf<MapData>,
+    pub traffic: PerCpuArray<MapData, Traffic>,
+}
+
+impl std::fmt::Debug for FlowMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowMaps").finish_non_exhaustive()
+    }
+}
+
 /// The loaded datapath and its typed map handles.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -89,6 +142,7 @@ pub struct Datapath {
     remote: LpmTrie<MapData, u32, RemoteNode>,
     config: aya::maps::Array<MapData, DpConfig>,
     counters: PerCpuArray<MapData, u64>,
+    flows: Option<FlowMaps>,
     links: StdHashMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
 }
 
@@ -114,9 +168,16 @@ where
 }
 
 impl Datapath {
-    /// Load every program and map into the kernel; nothing is attached yet.
+    /// Load every program and map into the kernel with default sizes.
     pub fn load() -> Result<Self, DatapathError> {
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// Load every program and map into the kernel; nothing is attached yet.
+    pub fn load_with(options: LoadOptions) -> Result<Self, DatapathError> {
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, options.max_flows)
+            .map_max_entries(names::FLOW_EVENTS, options.events_bytes)
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
         for name in [
@@ -139,9 +200,19 @@ impl Datapath {
             remote: take_map(&mut ebpf, names::REMOTE_CIDRS)?,
             config: take_map(&mut ebpf, names::CONFIG)?,
             counters: take_map(&mut ebpf, names::COUNTERS)?,
+            flows: Some(FlowMaps {
+                table: take_map(&mut ebpf, names::FLOWS)?,
+                events: take_map(&mut ebpf, names::FLOW_EVENTS)?,
+                traffic: take_map(&mut ebpf, names::TRAFFIC)?,
+            }),
             ebpf,
             links: StdHashMap::new(),
         })
+    }
+
+    /// The flow tracker's maps; `None` once taken.
+    pub fn take_flow_maps(&mut self) -> Option<FlowMaps> {
+        self.flows.take()
     }
 
     /// Node-wide settings the programs read.
@@ -150,12 +221,15 @@ impl Datapath {
         vxlan_ifindex: u32,
         node_ip: Ipv4Addr,
         cluster: Ipv4Cidr,
+        flows: FlowSettings,
     ) -> Result<(), DatapathError> {
         let value = DpConfig {
             vxlan_ifindex,
             node_ip: be_addr(node_ip),
             cluster_addr: be_addr(cluster.addr()),
             cluster_mask: cluster.mask().to_be(),
+            flags: if flows.enabled { 0 } else { CFG_NO_FLOWS },
+            events_per_sec: flows.events_per_sec,
         };
         self.config
             .set(0, value, 0)
@@ -219,19 +293,20 @@ impl Datapath {
         }
     }
 
+    /// One per-CPU counter, summed over CPUs.
+    pub fn counter(&self, index: u32) -> u64 {
+        self.counters
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
     /// Sum of each per-CPU counter, in [`abi::COUNTERS`] order.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         abi::COUNTERS
             .iter()
             .enumerate()
-            .map(|(i, name)| {
-                let total = u32::try_from(i)
-                    .ok()
-                    .and_then(|i| self.counters.get(&i, 0).ok())
-                    .map(|values| values.iter().sum())
-                    .unwrap_or(0);
-                (*name, total)
-            })
+            .map(|(i, name)| (*name, u32::try_from(i).map_or(0, |i| self.counter(i))))
             .collect()
     }
 

@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The flow table: every hook accounts each packet to its flow's entry (both
+ * directions share one, see struct flow_key), and a flow's end (TCP FIN/RST) or
+ * a drop also goes to the ring buffer, within a per-CPU budget, so flows shorter
+ * than the agent's drain interval are never missed.
+ */
+#ifndef LUMEN_FLOW_H
+#define LUMEN_FLOW_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "maps.h"
+#include "parse.h"
+#include "counters.h"
+
+#define TCP_FIN 0x01
+#define TCP_RST 0x04
+#define NSEC_PER_SEC 1000000000ull
+
+/* What a hook knows about a packet besides its headers. */
+struct flow_obs {
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 tag;    /* VXLAN tag set or seen, 0 none */
+	__u8 drop;    /* enum drop_reason */
+	__u8 traced;
+};
+
+/* The identity an address has by construction: pods by their offset in the
+ * cluster CIDR (as api::Identity::for_pod), the node itself, else the world. */
+static __always_inline __u32 identity_of_addr(__u32 addr, struct dp_config *cfg)
+{
+	if ((addr & cfg->cluster_mask) == cfg->cluster_addr)
+		return IDENTITY_POD_BASE + (bpf_ntohl(addr) - bpf_ntohl(cfg->cluster_addr));
+	if (addr == cfg->node_ip)
+		return IDENTITY_HOST;
+	return IDENTITY_WORLD;
+}
+
+static __always_inline void account(__u32 idx, __u64 bytes)
+{
+	struct traffic *t = bpf_map_lookup_elem(&traffic, &idx);
+
+	if (t) {
+		t->packets += 1;
+		t->bytes += bytes;
+	}
+}
+
+/* Within this CPU's event budget for the current second? */
+static __always_inline int event_allowed(struct dp_config *cfg, __u64 now)
+{
+	__u32 zero = 0;
+	struct event_budget *b = bpf_map_lookup_elem(&event_budget, &zero);
+
+	if (!b)
+		return 0;
+	if (now - b->window_ns >= NSEC_PER_SEC) {
+		b->window_ns = now;
+		b->used = 0;
+	}
+	if (b->used >= cfg->events_per_sec) {
+		count(CNT_EVENTS_RATE_LIMITED);
+		return 0;
+	}
+	b->used += 1;
+	return 1;
+}
+
+static __always_inline void emit_event(struct __sk_buff *skb, struct flow_key *key,
+				       struct flow_value *v, __u32 kind,
+				       struct dp_config *cfg, __u64 now)
+{
+	struct flow_event *e;
+
+	if (!event_allowed(cfg, now))
+		return;
+	e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
+	if (!e) {
+		count(CNT_EVENTS_LOST);
+		return;
+	}
+	__builtin_memcpy(&e->key, key, sizeof(*key));
+	__builtin_memcpy(&e->value, v, sizeof(*v));
+	e->kind = kind;
+	e->ifindex = skb->ifindex;
+	bpf_ringbuf_submit(e, 0);
+	count(CNT_EVENTS);
+}
+
+/* Account one packet (a GSO packet counts as its segments) to its flow. */
+static __always_inline void flow_track(struct __sk_buff *skb, struct pkt *p,
+				       struct dp_config *cfg, struct flow_obs *obs)
+{
+	struct flow_key key = {};
+	struct flow_value *v;
+	__u64 now, bytes;
+	__u32 segs, side;
+
+	if (cfg->flags & CFG_NO_FLOWS)
+		return;
+	parse_l4(skb, p);
+	segs = skb->gso_segs;
+	if (segs == 0)
+		segs = 1;
+	bytes = skb->len - ETH_HLEN + (__u64)(segs - 1) * p->hdr_len;
+	side = bpf_ntohl(p->saddr) > bpf_ntohl(p->daddr) ||
+	       (p->saddr == p->daddr && bpf_ntohs(p->sport) > bpf_ntohs(p->dport));
+	/* Constant indexes only: the verifier rejects variable offsets into the stack. */
+	if (side) {
+		key.addr[0] = p->daddr;
+		key.addr[1] = p->saddr;
+		key.port[0] = p->dport;
+		key.port[1] = p->sport;
+	} else {
+		key.addr[0] = p->saddr;
+		key.addr[1] = p->daddr;
+		key.port[0] = p->sport;
+		key.port[1] = p->dport;
+	}
+	key.proto = p->proto;
+	now = bpf_ktime_get_ns();
+	account(0, bytes);
+	if (obs->drop && obs->drop < DROP_MAX)
+		account(obs->drop, bytes);
+
+	v = bpf_map_lookup_elem(&flows, &key);
+	if (!v) {
+		struct flow_value init = {};
+
+		init.first_ns = now;
+		init.first_seq = p->proto == IPPROTO_TCP ? p->seq : bpf_ntohs(p->ip->id);
+		init.flags = side ? FLOW_F_SIDE1_FIRST : 0;
+		init.identity[0] = side ? obs->dst_identity : obs->src_identity;
+		init.identity[1] = side ? obs->src_identity : obs->dst_identity;
+		/* Another CPU may insert the same flow first: then use its entry. */
+		if (bpf_map_update_elem(&flows, &key, &init, BPF_NOEXIST) == 0)
+			count(CNT_FLOWS_CREATED);
+		v = bpf_map_lookup_elem(&flows, &key);
+		if (!v) {
+			count(CNT_FLOW_TABLE_FULL);
+			return;
+		}
+	}
+	if (side) {
+		__sync_fetch_and_add(&v->packets[1], segs);
+		__sync_fetch_and_add(&v->bytes[1], bytes);
+		v->tcp_flags[1] |= p->tcp_flags;
+		if (obs->src_identity > IDENTITY_WORLD)
+			v->identity[1] = obs->src_identity;
+	} else {
+		__sync_fetch_and_add(&v->packets[0], segs);
+		__sync_fetch_and_add(&v->bytes[0], bytes);
+		v->tcp_flags[0] |= p->tcp_flags;
+		if (obs->src_identity > IDENTITY_WORLD)
+			v->identity[0] = obs->src_identity;
+	}
+	v->last_ns = now;
+	v->drop_reason = obs->drop;
+	if (obs->tag) {
+		v->tag = obs->tag;
+		v->flags |= FLOW_F_OVERLAY;
+	}
+	if (obs->traced)
+		v->flags |= FLOW_F_TRACED;
+
+	if (obs->drop)
+		emit_event(skb, &key, v, EVENT_DROP, cfg, now);
+	else if (p->tcp_flags & (TCP_FIN | TCP_RST))
+		emit_event(skb, &key, v, EVENT_END, cfg, now);
+}
+
+#endif

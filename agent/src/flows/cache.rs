@@ -1,0 +1,297 @@
+//! The flow cache: the agent's memory of every flow in the kernel table, which
+//! decides when a flow gets a record — when it is first seen (a snapshot for the
+//! live stream), every active timeout, and once at its end (FIN/RST, idle timeout,
+//! eviction, shutdown) — and with what delta counts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lumen_api::flow::{Counters, EndReason};
+
+use super::decode::{Observed, Widened, decode};
+use crate::datapath::abi::{FlowKey, FlowValue};
+
+/// When flows get records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A flow without packets this long has ended.
+    pub idle: Duration,
+    /// A live flow gets a record this often.
+    pub active: Duration,
+    /// After a TCP end (RST, or FIN both ways) wait this long for the last ACKs.
+    pub linger: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(15),
+            active: Duration::from_secs(60),
+            linger: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A record the cache decided to emit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    pub observed: Observed,
+    /// `None` for a snapshot (first sight, or a drop) that does not close a period.
+    pub reason: Option<EndReason>,
+    pub forward_delta: Counters,
+    pub reverse_delta: Counters,
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    value: FlowValue,
+    packets: Widened,
+    totals: [u64; 2],
+    exported: (Counters, Counters),
+    last_export: u64,
+    last_snapshot: u64,
+}
+
+impl Tracked {
+    fn new(value: FlowValue, now: u64) -> Self {
+        let mut packets = Widened::default();
+        let totals = packets.update(value.packets);
+        Self {
+            value,
+            packets,
+            totals,
+            exported: (Counters::default(), Counters::default()),
+            last_export: now,
+            last_snapshot: 0,
+        }
+    }
+
+    fn refresh(&mut self, value: FlowValue) {
+        if value.last_ns >= self.value.last_ns {
+            self.totals = self.packets.update(value.packets);
+            self.value = value;
+        }
+    }
+
+    fn emit(&mut self, key: &FlowKey, reason: Option<EndReason>) -> Emitted {
+        let observed = decode(key, &self.value, self.totals);
+        let delta = |now: Counters, then: Counters| Counters {
+            packets: now.packets.saturating_sub(then.packets),
+            bytes: now.bytes.saturating_sub(then.bytes),
+        };
+        let emitted = Emitted {
+            forward_delta: delta(observed.forward, self.exported.0),
+            reverse_delta: delta(observed.reverse, self.exported.1),
+            observed,
+            reason,
+        };
+        if reason.is_some() {
+            self.exported = (emitted.observed.forward, emitted.observed.reverse);
+        }
+        emitted
+    }
+}
+
+/// What one drain of the kernel table produced.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub records: Vec<Emitted>,
+    /// Ended flows whose kernel entries should go, to make room.
+    pub expired: Vec<FlowKey>,
+}
+
+/// Every flow the agent knows, keyed as the kernel keys them.
+#[derive(Debug, Default)]
+pub struct FlowCache {
+    flows: HashMap<FlowKey, Tracked>,
+    timeouts: Timeouts,
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl FlowCache {
+    pub fn new(timeouts: Timeouts) -> Self {
+        Self {
+            flows: HashMap::new(),
+            timeouts,
+        }
+    }
+
+    /// Flows currently tracked.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// A ring-buffer event: the flow as it was at its end or at a drop. Keeps the
+    /// flow known even if the kernel evicts it before the next drain; a drop gets
+    /// a snapshot at once (at most one a second per flow).
+    pub fn event(&mut self, key: FlowKey, value: FlowValue, drop: bool, now: u64) -> Option<Emitted> {
+        let t = self
+            .flows
+            .entry(key)
+            .and_modify(|t| t.refresh(value))
+            .or_insert_with(|| Tracked::new(value, now));
+        if drop && now.saturating_sub(t.last_snapshot) >= 1_000_000_000 {
+            t.last_snapshot = now;
+            return Some(t.emit(&key, None));
+        }
+        None
+    }
+
+    /// Compare the kernel table (every entry, read now) with what the cache knows.
+    pub fn drain(&mut self, entries: impl IntoIterator<Item = (FlowKey, FlowValue)>, now: u64) -> Drained {
+        let mut out = Drained::default();
+        let mut seen = std::collections::HashSet::with_capacity(self.flows.len());
+        for (key, value) in entries {
+            seen.insert(key);
+            let mut fresh = false;
+            let t = self.flows.entry(key).or_insert_with(|| {
+                fresh = true;
+                Tracked::new(value, now)
+            });
+            t.refresh(value);
+            if fresh {
+                t.last_snapshot = now;
+                out.records.push(t.emit(&key, None));
+            }
+            let idle_for = now.saturating_sub(t.value.last_ns);
+            let ended = decode(&key, &t.value, t.totals).ended();
+            let reason = if ended && idle_for >= ns(self.timeouts.linger) {
+                Some(EndReason::EndOfFlow)
+            } else if idle_for >= ns(self.timeouts.idle) {
+                Some(EndReason::IdleTimeout)
+            } else if now.saturating_sub(t.last_export) >= ns(self.timeouts.active) {
+                t.last_export = now;
+                out.records.push(t.emit(&key, Some(EndReason::ActiveTimeout)));
+                None
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                out.records.push(t.emit(&key, Some(reason)));
+                out.expired.push(key);
+            }
+        }
+        for key in &out.expired {
+            self.flows.remove(key);
+        }
+        // Known flows the kernel no longer has: evicted, or known only from an event.
+        let gone: Vec<FlowKey> = self.flows.keys().filter(|k| !seen.contains(*k)).copied().collect();
+        for key in gone {
+            if let Some(mut t) = self.flows.remove(&key) {
+                let ended = decode(&key, &t.value, t.totals).ended();
+                let reason = if ended {
+                    EndReason::EndOfFlow
+                } else {
+                    EndReason::LackOfResources
+                };
+                out.records.push(t.emit(&key, Some(reason)));
+            }
+        }
+        out
+    }
+
+    /// Final records for every flow (the agent is stopping).
+    pub fn flush(&mut self) -> Vec<Emitted> {
+        self.flows
+            .drain()
+            .map(|(key, mut t)| t.emit(&key, Some(EndReason::ForcedEnd)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            addr: [u32::from_ne_bytes([10, 0, 0, 1]), u32::from_ne_bytes([10, 0, 0, 2])],
+            port: [port.to_be(), 80u16.to_be()],
+            proto: 6,
+            _pad: [0; 3],
+        }
+    }
+
+    fn value(last: u64, packets: u32, flags: [u8; 2]) -> FlowValue {
+        FlowValue {
+            first_ns: S,
+            last_ns: last,
+            packets: [packets, packets],
+            bytes: [u64::from(packets) * 100, u64::from(packets) * 60],
+            tcp_flags: flags,
+            ..FlowValue::default()
+        }
+    }
+
+    fn reasons(d: &Drained) -> Vec<Option<EndReason>> {
+        d.records.iter().map(|r| r.reason).collect()
+    }
+
+    #[test]
+    fn lifecycle_of_a_long_flow() {
+        let mut c = FlowCache::new(Timeouts::default());
+        let k = key(40000);
+        let d = c.drain([(k, value(S, 1, [2, 0x12]))], S);
+        assert_eq!(reasons(&d), vec![None], "first sight is a snapshot");
+        let d = c.drain([(k, value(30 * S, 10, [0x1a, 0x12]))], 30 * S);
+        assert!(d.records.is_empty());
+        let d = c.drain([(k, value(61 * S, 20, [0x1a, 0x12]))], 61 * S);
+        assert_eq!(reasons(&d), vec![Some(EndReason::ActiveTimeout)]);
+        assert_eq!(d.records[0].forward_delta.packets, 20);
+        let d = c.drain([(k, value(62 * S, 25, [0x1a, 0x12]))], 80 * S);
+        assert_eq!(reasons(&d), vec![Some(EndReason::IdleTimeout)]);
+        assert_eq!(d.records[0].forward_delta.packets, 5, "delta since the active record");
+        assert_eq!(d.records[0].observed.forward.packets, 25);
+        assert_eq!(d.expired, vec![k]);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn tcp_end_is_reported_after_the_linger() {
+        let mut c = FlowCache::new(Timeouts::default());
+        let k = key(40001);
+        let fin = value(5 * S, 4, [0x11, 0x11]);
+        let d = c.drain([(k, fin)], 5 * S);
+        assert_eq!(reasons(&d), vec![None]);
+        let d = c.drain([(k, fin)], 6 * S);
+        assert_eq!(reasons(&d), vec![Some(EndReason::EndOfFlow)]);
+    }
+
+    #[test]
+    fn a_flow_known_only_from_an_event_still_gets_its_record() {
+        let mut c = FlowCache::new(Timeouts::default());
+        let k = key(40002);
+        assert!(c.event(k, value(S, 3, [0x13, 0x13]), false, S).is_none());
+        let d = c.drain([], 2 * S);
+        assert_eq!(reasons(&d), vec![Some(EndReason::EndOfFlow)]);
+        assert_eq!(d.records[0].observed.forward.packets, 3);
+    }
+
+    #[test]
+    fn eviction_is_lack_of_resources_and_drops_snapshot_once_a_second() {
+        let mut c = FlowCache::new(Timeouts::default());
+        let k = key(40003);
+        assert!(c.event(k, value(S, 1, [2, 0]), true, S).is_some());
+        assert!(c.event(k, value(S, 2, [2, 0]), true, S + 10).is_none());
+        let d = c.drain([], 2 * S);
+        assert_eq!(reasons(&d), vec![Some(EndReason::LackOfResources)]);
+    }
+
+    #[test]
+    fn flush_forces_the_end() {
+        let mut c = FlowCache::new(Timeouts::default());
+        c.drain([(key(1), value(S, 1, [0, 0]))], S);
+        let out = c.flush();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, Some(EndReason::ForcedEnd));
+    }
+}

@@ -1,0 +1,217 @@
+//! Decode: the datapath's canonical flow entry → an oriented observation (who
+//! sent first, counters per direction in 64 bits, times on the wall clock), plus
+//! the two identifiers every record carries: the correlation id and Community ID.
+
+use std::net::Ipv4Addr;
+
+use lumen_api::flow::{Counters, DropReason, Protocol, TcpFlags};
+use lumen_api::Identity;
+
+use super::community::community_id;
+use crate::datapath::abi::{FLOW_F_SIDE1_FIRST, FLOW_F_TRACED, FlowKey, FlowValue};
+
+/// One direction of a flow, as the datapath saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Side {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub identity: Identity,
+}
+
+/// A flow entry, oriented from the side that sent first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub source: Side,
+    pub destination: Side,
+    pub protocol: Protocol,
+    /// Monotonic nanoseconds (the datapath's clock).
+    pub first_mono: u64,
+    pub last_mono: u64,
+    pub forward: Counters,
+    pub reverse: Counters,
+    pub tcp_flags: TcpFlags,
+    pub reverse_tcp_flags: TcpFlags,
+    pub icmp_type_code: Option<u16>,
+    pub drop_reason: Option<DropReason>,
+    pub tag: Option<u32>,
+    pub traced: bool,
+    /// Equal on every node that saw the flow's first packet.
+    pub correlation_id: String,
+    pub community_id: String,
+}
+
+impl Observed {
+    /// TCP: a RST, or a FIN from both sides.
+    pub fn ended(&self) -> bool {
+        let (f, r) = (self.tcp_flags, self.reverse_tcp_flags);
+        f.has(TcpFlags::RST)
+            || r.has(TcpFlags::RST)
+            || (f.has(TcpFlags::FIN) && r.has(TcpFlags::FIN))
+    }
+}
+
+/// Packet counts wrap at 32 bits in the kernel; this keeps the 64-bit total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Widened {
+    raw: [u32; 2],
+    total: [u64; 2],
+}
+
+impl Widened {
+    /// Advance by what the kernel counter moved since the last reading.
+    pub fn update(&mut self, raw: [u32; 2]) -> [u64; 2] {
+        for i in 0..2 {
+            self.total[i] += u64::from(raw[i].wrapping_sub(self.raw[i]));
+        }
+        self.raw = raw;
+        self.total
+    }
+}
+
+/// 64-bit FNV-1a: stable across builds and nodes, unlike std's hasher.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Orient and widen a kernel entry. `packets` are the 64-bit totals per side.
+pub fn decode(key: &FlowKey, value: &FlowValue, packets: [u64; 2]) -> Observed {
+    let first = usize::from(value.flags & FLOW_F_SIDE1_FIRST != 0);
+    let (s, d) = (first, first ^ 1);
+    let side = |i: usize| Side {
+        ip: Ipv4Addr::from(key.addr[i].to_ne_bytes()),
+        port: u16::from_be(key.port[i]),
+        identity: Identity(value.identity[i]),
+    };
+    let (mut source, mut destination) = (side(s), side(d));
+    let protocol = Protocol(key.proto);
+    let mut icmp_type_code = None;
+    let (mut cid_sport, mut cid_dport) = (source.port, destination.port);
+    if protocol == Protocol::ICMP {
+        // Echo flows carry the id on both sides; anything else type << 8 | code.
+        let type_code = if source.port == destination.port {
+            0x0800
+        } else {
+            source.port
+        };
+        icmp_type_code = Some(type_code);
+        cid_sport = type_code >> 8;
+        cid_dport = type_code & 0xff;
+        source.port = 0;
+        destination.port = 0;
+    }
+    let correlation = fnv1a(&[
+        &key.addr[s].to_ne_bytes(),
+        &key.addr[d].to_ne_bytes(),
+        &key.port[s].to_ne_bytes(),
+        &key.port[d].to_ne_bytes(),
+        &[key.proto],
+        &value.first_seq.to_ne_bytes(),
+    ]);
+    Observed {
+        community_id: community_id(source.ip, destination.ip, key.proto, cid_sport, cid_dport),
+        source,
+        destination,
+        protocol,
+        first_mono: value.first_ns,
+        last_mono: value.last_ns,
+        forward: Counters {
+            packets: packets[s],
+            bytes: value.bytes[s],
+        },
+        reverse: Counters {
+            packets: packets[d],
+            bytes: value.bytes[d],
+        },
+        tcp_flags: TcpFlags(value.tcp_flags[s]),
+        reverse_tcp_flags: TcpFlags(value.tcp_flags[d]),
+        icmp_type_code,
+        drop_reason: DropReason::from_code(value.drop_reason),
+        tag: (value.tag != 0).then_some(value.tag),
+        traced: value.flags & FLOW_F_TRACED != 0,
+        correlation_id: format!("{correlation:016x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn be(ip: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(ip)
+    }
+
+    fn key(a: [u8; 4], pa: u16, b: [u8; 4], pb: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            addr: [be(a), be(b)],
+            port: [pa.to_be(), pb.to_be()],
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn orients_from_the_side_that_sent_first() {
+        let k = key([10, 244, 1, 2], 80, [10, 244, 2, 3], 40000, 6);
+        let v = FlowValue {
+            bytes: [500, 100],
+            identity: [258, 515],
+            tcp_flags: [0x12, 0x02],
+            flags: FLOW_F_SIDE1_FIRST,
+            first_seq: 7,
+            ..FlowValue::default()
+        };
+        let o = decode(&k, &v, [4, 2]);
+        assert_eq!(o.source.ip, Ipv4Addr::new(10, 244, 2, 3));
+        assert_eq!(o.source.port, 40000);
+        assert_eq!(o.source.identity, Identity(515));
+        assert_eq!(o.destination.port, 80);
+        assert_eq!(o.forward, Counters { packets: 2, bytes: 100 });
+        assert_eq!(o.reverse, Counters { packets: 4, bytes: 500 });
+        assert_eq!(o.tcp_flags, TcpFlags(0x02));
+        assert_eq!(o.correlation_id.len(), 16);
+        assert!(!o.ended());
+    }
+
+    #[test]
+    fn correlation_depends_on_the_first_packet_not_the_node() {
+        let k = key([10, 244, 1, 2], 5000, [10, 244, 2, 3], 5001, 17);
+        let v = FlowValue {
+            first_seq: 1234,
+            ..FlowValue::default()
+        };
+        let other_node = FlowValue {
+            first_ns: 99,
+            bytes: [1, 2],
+            first_seq: 1234,
+            ..FlowValue::default()
+        };
+        let again = FlowValue {
+            first_seq: 1235,
+            ..FlowValue::default()
+        };
+        let id = |v: &FlowValue| decode(&k, v, [0, 0]).correlation_id;
+        assert_eq!(id(&v), id(&other_node));
+        assert_ne!(id(&v), id(&again));
+    }
+
+    #[test]
+    fn icmp_echo_is_typed_and_portless() {
+        let k = key([10, 244, 1, 2], 77, [10, 244, 1, 3], 77, 1);
+        let o = decode(&k, &FlowValue::default(), [1, 1]);
+        assert_eq!(o.icmp_type_code, Some(0x0800));
+        assert_eq!((o.source.port, o.destination.port), (0, 0));
+        assert!(o.community_id.starts_with("1:"));
+    }
+
+    #[test]
+    fn widening_survives_wraparound() {
+        let mut w = Widened::default();
+        assert_eq!(w.update([u32::MAX, 3]), [u64::from(u32::MAX), 3]);
+        assert_eq!(w.update([2, 3]), [u64::from(u32::MAX) + 3, 3]);
+    }
+}

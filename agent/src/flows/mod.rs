@@ -1,0 +1,280 @@
+//! The flow pipeline (STYLE rule 5): the kernel flow table and its ring buffer →
+//! decode → the flow cache (lifecycle, timeouts) → enrich → filters → sinks (the
+//! live stream of `GET /v1/flows`, IPFIX). It runs on a thread of its own, since
+//! reading the kernel table is a burst of blocking syscalls. Whatever is lost on
+//! the way (ring buffer full, rate limit, table full, slow readers) becomes a
+//! lost-events record.
+
+pub mod cache;
+pub mod clock;
+pub mod community;
+pub mod decode;
+pub mod enrich;
+pub mod hub;
+pub mod sink;
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lumen_api::flow::{FlowEvent, FlowStats, LostEvents, LostSource};
+use tokio::sync::watch;
+
+use crate::cluster::ClusterState;
+use crate::datapath::abi::{EVENT_DROP, FlowEvent as RawEvent, FlowKey, counter};
+use crate::datapath::{Datapath, FlowMaps};
+use cache::{Emitted, FlowCache, Timeouts};
+use enrich::{ClusterLookup, enrich};
+use hub::Hub;
+use sink::Sink;
+
+/// How the pipeline runs.
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    pub timeouts: Timeouts,
+    /// How often the kernel table is read.
+    pub drain_interval: Duration,
+    /// Recent events kept for `GET /v1/flows`.
+    pub recent: usize,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            timeouts: Timeouts::default(),
+            drain_interval: Duration::from_secs(1),
+            recent: 8192,
+        }
+    }
+}
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error("the flow collector thread could not be started")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// The running pipeline, as the API sees it.
+#[derive(Debug)]
+pub struct Flows {
+    pub hub: Arc<Hub>,
+    stats: Arc<Mutex<FlowStats>>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Flows {
+    pub fn start(
+        node: &str,
+        maps: FlowMaps,
+        datapath: Arc<Mutex<Datapath>>,
+        cluster: watch::Receiver<Arc<ClusterState>>,
+        config: FlowConfig,
+        sinks: Vec<Box<dyn Sink>>,
+    ) -> Result<Self, FlowError> {
+        let hub = Arc::new(Hub::new(node, config.recent));
+        let stats = Arc::new(Mutex::new(FlowStats {
+            node: node.to_owned(),
+            ..FlowStats::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let lookup = ClusterLookup::new(&cluster.borrow());
+        let collector = Collector {
+            node: node.to_owned(),
+            cache: FlowCache::new(config.timeouts),
+            maps,
+            datapath,
+            lookup,
+            cluster,
+            hub: hub.clone(),
+            sinks,
+            stats: stats.clone(),
+            stop: stop.clone(),
+            mono_to_epoch: clock::mono_to_epoch(),
+            seen_counters: [0; 3],
+            drain_interval: config.drain_interval,
+        };
+        let thread = std::thread::Builder::new()
+            .name("lumen-flows".into())
+            .spawn(move || collector.run())
+            .map_err(FlowError::Spawn)?;
+        Ok(Self {
+            hub,
+            stats,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn stats(&self) -> FlowStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// A follower of the live stream fell `count` events behind.
+    pub fn reader_lagged(&self, count: u64) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.lost.add(LostSource::Sink, count);
+        }
+    }
+
+    /// Stop after a final record for every flow (end reason "forced end").
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the flow collector panicked");
+        }
+    }
+}
+
+/// The datapath counters that mean lost records, and where they were lost.
+const LOSS_COUNTERS: [(u32, LostSource); 3] = [
+    (counter::EVENTS_LOST, LostSource::RingBuffer),
+    (counter::EVENTS_RATE_LIMITED, LostSource::RateLimit),
+    (counter::FLOW_TABLE_FULL, LostSource::FlowTable),
+];
+
+struct Collector {
+    node: String,
+    cache: FlowCache,
+    maps: FlowMaps,
+    datapath: Arc<Mutex<Datapath>>,
+    cluster: watch::Receiver<Arc<ClusterState>>,
+    lookup: ClusterLookup,
+    hub: Arc<Hub>,
+    sinks: Vec<Box<dyn Sink>>,
+    stats: Arc<Mutex<FlowStats>>,
+    stop: Arc<AtomicBool>,
+    mono_to_epoch: u64,
+    seen_counters: [u64; 3],
+    drain_interval: Duration,
+}
+
+impl Collector {
+    fn run(mut self) {
+        let interval = u64::try_from(self.drain_interval.as_nanos()).unwrap_or(1_000_000_000);
+        // Losses before this agent started are not ours to report.
+        self.seen_counters = self.loss_counters();
+        let mut next_drain = clock::now_mono_ns() + interval;
+        while !self.stop.load(Ordering::Relaxed) {
+            let wait_ms = next_drain.saturating_sub(clock::now_mono_ns()) / 1_000_000;
+            self.wait_for_events(wait_ms.min(100));
+            self.read_events();
+            let now = clock::now_mono_ns();
+            if now >= next_drain {
+                self.drain(now);
+                next_drain = now + interval;
+            }
+        }
+        self.read_events();
+        self.drain(clock::now_mono_ns());
+        let flushed = self.cache.flush();
+        self.emit(flushed);
+    }
+
+    fn wait_for_events(&self, timeout_ms: u64) {
+        let mut pfd = libc::pollfd {
+            fd: self.maps.events.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout = i32::try_from(timeout_ms).unwrap_or(100);
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, timeout) };
+    }
+
+    fn read_events(&mut self) {
+        let now = clock::now_mono_ns();
+        let mut snapshots = Vec::new();
+        let mut count = 0u64;
+        while let Some(item) = self.maps.events.next() {
+            count += 1;
+            let Some(event) = RawEvent::from_bytes(&item) else {
+                continue;
+            };
+            let drop = event.kind == EVENT_DROP;
+            if let Some(snap) = self.cache.event(event.key, event.value, drop, now) {
+                snapshots.push(snap);
+            }
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.events += count;
+        }
+        self.emit(snapshots);
+    }
+
+    fn loss_counters(&self) -> [u64; 3] {
+        let Ok(dp) = self.datapath.lock() else {
+            return self.seen_counters;
+        };
+        LOSS_COUNTERS.map(|(index, _)| dp.counter(index))
+    }
+
+    fn drain(&mut self, now: u64) {
+        if self.cluster.has_changed().unwrap_or(false) {
+            self.lookup = ClusterLookup::new(&self.cluster.borrow_and_update());
+        }
+        let entries: Vec<(FlowKey, _)> = self.maps.table.iter().filter_map(Result::ok).collect();
+        let drained = self.cache.drain(entries, now);
+        for key in &drained.expired {
+            // Already gone (evicted meanwhile) is fine.
+            let _ = self.maps.table.remove(key);
+        }
+        self.emit(drained.records);
+
+        let counters = self.loss_counters();
+        for (i, (_, source)) in LOSS_COUNTERS.iter().enumerate() {
+            let lost = counters[i].saturating_sub(self.seen_counters[i]);
+            if lost > 0 {
+                self.lost(*source, lost);
+            }
+        }
+        self.seen_counters = counters;
+        if let Ok(mut s) = self.stats.lock() {
+            s.active_flows = self.cache.len() as u64;
+        }
+    }
+
+    fn lost(&mut self, source: LostSource, count: u64) {
+        let lost = LostEvents {
+            node: self.node.clone(),
+            source,
+            count,
+            time_ns: clock::now_epoch_ns(),
+        };
+        for sink in &mut self.sinks {
+            sink.lost(&lost);
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.lost.add(source, count);
+        }
+        self.hub.publish(FlowEvent::LostEvents(lost));
+    }
+
+    fn emit(&mut self, records: Vec<Emitted>) {
+        let (mut finals, mut snapshots) = (0, 0);
+        for e in records {
+            let mut flow = enrich(&e.observed, &self.node, self.mono_to_epoch, &self.lookup);
+            flow.end_reason = e.reason;
+            flow.forward_delta = e.forward_delta;
+            flow.reverse_delta = e.reverse_delta;
+            if flow.end_reason.is_some() {
+                finals += 1;
+                for sink in &mut self.sinks {
+                    sink.record(&flow);
+                }
+            } else {
+                snapshots += 1;
+            }
+            self.hub.publish(FlowEvent::Flow(Box::new(flow)));
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.records += finals;
+            s.snapshots += snapshots;
+        }
+    }
+}
