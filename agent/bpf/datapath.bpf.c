@@ -66,6 +66,7 @@ int from_pod(struct __sk_buff *skb)
 		obs.tag = tag;
 		flow_track(skb, &p, cfg, &obs);
 		count(CNT_TUNNELLED);
+		skb->mark |= MARK_TUNNELLED;
 		return bpf_redirect(cfg->vxlan_ifindex, 0);
 	}
 	flow_track(skb, &p, cfg, &obs);
@@ -130,16 +131,17 @@ int from_overlay(struct __sk_buff *skb)
 SEC("classifier")
 int to_overlay(struct __sk_buff *skb)
 {
-	struct bpf_tunnel_key key = {};
 	struct flow_obs obs = {};
 	struct dp_config *cfg;
 	struct remote_node *rn;
 	struct pkt p;
 	__u32 tag;
 
-	/* Packets from_pod redirected here already carry their key (and were accounted). */
-	if (!bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) && key.remote_ipv4)
+	/* Packets from_pod redirected here already carry their key and were accounted. */
+	if (skb->mark & MARK_TUNNELLED) {
+		skb->mark &= ~MARK_TUNNELLED;
 		return TC_ACT_OK;
+	}
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_SHOT;
 	cfg = dp_config();

@@ -23,6 +23,9 @@
 
 /* skb->mark bit carrying the trace flag on a node. */
 #define MARK_TRACE 0x00800000u
+/* skb->mark bit: from_pod set the tunnel key and accounted the packet already.
+ * (to_overlay cannot tell from bpf_skb_get_tunnel_key: it fails there.) */
+#define MARK_TUNNELLED 0x00400000u
 
 #define MAX_ENDPOINTS 65536
 #define MAX_REMOTE_CIDRS 4096

@@ -19,6 +19,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "throughput benchmark"),
     ("tcpdump", "underlay captures"),
     ("tshark", "decodes VXLAN tags and IPFIX in tests"),
+    ("nfdump", "nfcapd/nfdump: IPFIX peer tests"),
+    ("pmacct", "nfacctd: IPFIX peer tests of the enterprise elements"),
+    ("libfixbuf-tools", "ipfixDump: IPFIX peer tests of the element file"),
+    ("python3-venv", "the venv for the PyPI ipfix peer"),
     (
         "containernetworking-plugins",
         "reference CNI plugins for comparison",
@@ -128,7 +132,57 @@ fn run(args: Args) -> Result<()> {
     }
 }
 
+/// PyPI packages of the peer tests, installed into `target/peers-venv` (pinned: the
+/// tests assert what this version decodes).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("ipfix==0.9.7", "python-ipfix: IPFIX peer tests")];
+
 fn deps() -> Result<()> {
+    system_deps()?;
+    python_deps()
+}
+
+/// Cargo's target directory, where the peer venv lives next to the builds.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// A venv of Debian's python3 with the PyPI peers, so the tests never depend on
+/// whichever python is first on PATH nor touch the system's site-packages.
+fn python_deps() -> Result<()> {
+    let venv = target_dir().join("peers-venv");
+    let python = venv.join("bin").join("python3");
+    if !python.exists() {
+        println!("deps: creating {}", venv.display());
+        status(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    let wanted: Vec<&str> = PYTHON_PACKAGES.iter().map(|(p, _)| *p).collect();
+    let frozen = Command::new(&python)
+        .args(["-m", "pip", "freeze"])
+        .output()
+        .with_context(|| format!("running {} -m pip freeze", python.display()))?;
+    let frozen = String::from_utf8_lossy(&frozen.stdout);
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !frozen.lines().any(|l| l.trim() == *p))
+        .collect();
+    if missing.is_empty() {
+        println!("deps: all {} python packages present", wanted.len());
+        return Ok(());
+    }
+    for (pkg, why) in PYTHON_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        println!("  {pkg:<30} {why}");
+    }
+    status(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(&missing),
+    )
+}
+
+fn system_deps() -> Result<()> {
     let missing: Vec<&(&str, &str)> = PACKAGES
         .iter()
         .filter(|(pkg, _)| {
