@@ -99,7 +99,10 @@ pub async fn run(
         .await;
     let _ = std::fs::remove_file(&socket);
     let stopping = flows.clone();
-    if tokio::task::spawn_blocking(move || stopping.stop()).await.is_err() {
+    if tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .is_err()
+    {
         tracing::error!("stopping the flow pipeline failed");
     }
     served.map_err(AgentError::Serve)

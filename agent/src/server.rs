@@ -155,36 +155,39 @@ fn ndjson(event: &FlowEvent) -> Result<Bytes, Infallible> {
 
 /// `GET /v1/flows`: the recent events that match, then (with `follow`) new ones
 /// as they come; a follower that falls behind gets a lost-events line.
-async fn flows(
-    State(flows): State<Arc<Flows>>,
-    Query(query): Query<FlowQuery>,
-) -> Response {
+async fn flows(State(flows): State<Arc<Flows>>, Query(query): Query<FlowQuery>) -> Response {
     let filter = match FlowFilter::try_from(&query) {
         Ok(f) => f,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() })))
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": e.to_string() })),
+            )
                 .into_response();
         }
     };
     let (snapshot, upto, rx) = flows.hub.open(&filter, query.last);
     let recent = futures::stream::iter(snapshot.into_iter().map(|e| ndjson(&e)));
     let body = if query.follow {
-        let live = futures::stream::unfold((rx, filter, flows), move |(mut rx, filter, flows)| async move {
-            loop {
-                match rx.recv().await {
-                    Ok((seq, e)) if seq > upto && filter.matches(&e) => {
-                        return Some((ndjson(&e), (rx, filter, flows)));
+        let live = futures::stream::unfold(
+            (rx, filter, flows),
+            move |(mut rx, filter, flows)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok((seq, e)) if seq > upto && filter.matches(&e) => {
+                            return Some((ndjson(&e), (rx, filter, flows)));
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(n)) => {
+                            flows.reader_lagged(n);
+                            let lost = flows.hub.lagged(n);
+                            return Some((ndjson(&lost), (rx, filter, flows)));
+                        }
+                        Err(RecvError::Closed) => return None,
                     }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(n)) => {
-                        flows.reader_lagged(n);
-                        let lost = flows.hub.lagged(n);
-                        return Some((ndjson(&lost), (rx, filter, flows)));
-                    }
-                    Err(RecvError::Closed) => return None,
                 }
-            }
-        });
+            },
+        );
         Body::from_stream(futures::StreamExt::chain(recent, live))
     } else {
         Body::from_stream(recent)

@@ -52,6 +52,8 @@ pub struct LabConfig {
     pub bin_dir: PathBuf,
     /// Parent of the lab's state directory.
     pub state_root: PathBuf,
+    /// Extra flags for every agent (e.g. `--idle-timeout 3s`, `--ipfix-collector …`).
+    pub agent_args: Vec<String>,
 }
 
 impl Default for LabConfig {
@@ -62,6 +64,7 @@ impl Default for LabConfig {
             pods_per_node: 3,
             bin_dir: default_bin_dir(),
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+            agent_args: Vec::new(),
         }
     }
 }

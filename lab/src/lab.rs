@@ -467,7 +467,8 @@ fn agent_command(state: &LabState, node: &Node) -> Command {
             "eth0",
             "--cluster-cidr",
             config::CLUSTER_CIDR,
-        ]);
+        ])
+        .args(&state.agent_args);
     cmd
 }
 

@@ -27,6 +27,9 @@ pub struct LabState {
     pub external: External,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
+    /// Extra flags every agent runs with.
+    #[serde(default)]
+    pub agent_args: Vec<String>,
 }
 
 /// The underlay: one namespace with a bridge every node is plugged into.
@@ -162,6 +165,7 @@ impl LabState {
             nodes,
             pods,
             state_dir,
+            agent_args: config.agent_args.clone(),
         }
     }
 
@@ -305,6 +309,7 @@ pub(crate) mod tests {
             pods_per_node: 2,
             bin_dir: PathBuf::from("/opt/lumen/bin"),
             state_root: root.to_owned(),
+            agent_args: Vec::new(),
         }
     }
 

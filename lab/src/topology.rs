@@ -161,7 +161,20 @@ pub fn create_node(underlay: &Underlay, node: &Node) -> Result<(), LabError> {
 
 /// A pod's empty namespace, as a runtime creates it before calling CNI.
 pub fn create_pod(pod: &Pod) -> Result<(), LabError> {
-    add_netns(&pod.netns)
+    add_netns(&pod.netns)?;
+    // Lumen's lab is IPv4: no IPv6 router solicitations or MLD reports in the
+    // pods, so a pod's interface counters hold exactly the traffic it was given.
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &pod.netns,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ]))
+    .map(drop)
 }
 
 /// A veth pair made inside `from_netns` (end `name`) whose other end becomes

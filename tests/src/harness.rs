@@ -44,6 +44,11 @@ pub fn require_binaries() {
 
 /// Bring up a lab named `name`, removed when the guard drops (also on panic).
 pub fn lab(name: &str, nodes: u32, pods: u32) -> LabGuard {
+    lab_with(name, nodes, pods, &[])
+}
+
+/// [`lab`] with extra flags for every agent.
+pub fn lab_with(name: &str, nodes: u32, pods: u32, agent_args: &[&str]) -> LabGuard {
     require_binaries();
     // A previous run killed mid-way may have left a lab of this name.
     let _ = lumen_lab::down(name, Path::new(lumen_lab::DEFAULT_STATE_ROOT));
@@ -52,6 +57,7 @@ pub fn lab(name: &str, nodes: u32, pods: u32) -> LabGuard {
         nodes,
         pods_per_node: pods,
         bin_dir: bin_dir(),
+        agent_args: agent_args.iter().map(|a| (*a).to_owned()).collect(),
         ..LabConfig::default()
     };
     LabGuard::up(&config, &mut |_| {}).unwrap_or_else(|e| panic!("lab {name} up: {e}"))
@@ -75,6 +81,90 @@ pub fn probe(lab: &str, from: &str, to: &str, spec: &str) -> ProbeReport {
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// `GET /v1/flows?QUERY` from the agent at `socket` (no follow), parsed.
+pub fn flows(socket: &Path, query: &str) -> Vec<lumen_api::FlowEvent> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    // HTTP/1.0: the body ends when the server closes, no chunking to undo.
+    write!(
+        stream,
+        "GET /v1/flows?{query} HTTP/1.0\r\nHost: agent\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("response");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}\n{body}"
+    );
+    body.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// `GET /v1/flows/stats` from the agent at `socket`.
+pub fn flow_stats(socket: &Path) -> serde_json::Value {
+    lumen_api::client::Client::new(socket, std::time::Duration::from_secs(5))
+        .get(lumen_api::paths::FLOW_STATS)
+        .unwrap_or_else(|e| panic!("flow stats from {}: {e}", socket.display()))
+}
+
+/// Wait up to `timeout` for flow records on `socket` that satisfy `done`.
+pub fn wait_flows(
+    socket: &Path,
+    query: &str,
+    timeout: std::time::Duration,
+    done: impl Fn(&[lumen_api::Flow]) -> bool,
+) -> Vec<lumen_api::Flow> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let flows: Vec<lumen_api::Flow> = flows(socket, query)
+            .into_iter()
+            .filter_map(|e| match e {
+                lumen_api::FlowEvent::Flow(f) => Some(*f),
+                lumen_api::FlowEvent::LostEvents(_) => None,
+            })
+            .collect();
+        if done(&flows) || std::time::Instant::now() > deadline {
+            return flows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Run `f` on a thread inside the network namespace at `netns` (a path).
+pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let netns = netns.to_owned();
+    std::thread::spawn(move || {
+        lumen_lab::netio::netns::enter(&netns).expect("enter netns");
+        f()
+    })
+    .join()
+    .expect("thread in netns")
+}
+
+/// `eth0`'s counters in the calling thread's namespace: (rx packets, rx bytes,
+/// tx packets, tx bytes), Ethernet bytes included.
+pub fn eth0_counters() -> [u64; 4] {
+    let dev = std::fs::read_to_string("/proc/thread-self/net/dev").expect("net/dev");
+    let line = dev
+        .lines()
+        .find(|l| l.trim_start().starts_with("eth0:"))
+        .expect("eth0 in net/dev");
+    let n: Vec<u64> = line
+        .split_once(':')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    [n[1], n[0], n[9], n[8]]
 }
 
 /// `lumen lab status --name LAB -o json`.

@@ -56,6 +56,9 @@ enum LabCommand {
         /// Directory of lumen-agent, lumen-cni and lumen [default: this program's]
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// An extra flag for every agent, e.g. `--agent-arg=--ipfix-collector=udp://192.0.2.1:4739`
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
     /// Show nodes, pods, their processes and identities
     Status {
@@ -150,6 +153,7 @@ pub fn run(args: LabArgs) -> Result<ExitCode, LabCmdError> {
             nodes,
             pods,
             bin_dir,
+            agent_args,
         } => {
             let bin_dir = match bin_dir {
                 Some(dir) => dir,
@@ -161,6 +165,7 @@ pub fn run(args: LabArgs) -> Result<ExitCode, LabCmdError> {
                 pods_per_node: pods,
                 bin_dir,
                 state_root: which.state_root,
+                agent_args,
             })
         }
         LabCommand::Status { which, output } => {

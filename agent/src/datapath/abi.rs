@@ -236,7 +236,11 @@ mod tests {
             ("flow_value.first_seq", offset_of!(FlowValue, first_seq), 4),
             ("flow_value.rule", offset_of!(FlowValue, rule), 4),
             ("flow_value.tcp_flags", offset_of!(FlowValue, tcp_flags), 2),
-            ("flow_value.drop_reason", offset_of!(FlowValue, drop_reason), 1),
+            (
+                "flow_value.drop_reason",
+                offset_of!(FlowValue, drop_reason),
+                1,
+            ),
             ("flow_value.flags", offset_of!(FlowValue, flags), 1),
             ("flow_event.key", offset_of!(FlowEvent, key), 16),
             ("flow_event.value", offset_of!(FlowEvent, value), 64),
@@ -290,7 +294,10 @@ mod tests {
         assert_eq!(consts["FLOW_F_OVERLAY"], u64::from(FLOW_F_OVERLAY));
         assert_eq!(consts["CFG_NO_FLOWS"], u64::from(CFG_NO_FLOWS));
         let index = |name: &str| COUNTERS.iter().position(|c| *c == name).map(|i| i as u32);
-        assert_eq!(index("events_rate_limited"), Some(counter::EVENTS_RATE_LIMITED));
+        assert_eq!(
+            index("events_rate_limited"),
+            Some(counter::EVENTS_RATE_LIMITED)
+        );
         assert_eq!(index("events_lost"), Some(counter::EVENTS_LOST));
         assert_eq!(index("flow_table_full"), Some(counter::FLOW_TABLE_FULL));
     }

@@ -131,7 +131,13 @@ impl FlowCache {
     /// A ring-buffer event: the flow as it was at its end or at a drop. Keeps the
     /// flow known even if the kernel evicts it before the next drain; a drop gets
     /// a snapshot at once (at most one a second per flow).
-    pub fn event(&mut self, key: FlowKey, value: FlowValue, drop: bool, now: u64) -> Option<Emitted> {
+    pub fn event(
+        &mut self,
+        key: FlowKey,
+        value: FlowValue,
+        drop: bool,
+        now: u64,
+    ) -> Option<Emitted> {
         let t = self
             .flows
             .entry(key)
@@ -145,7 +151,11 @@ impl FlowCache {
     }
 
     /// Compare the kernel table (every entry, read now) with what the cache knows.
-    pub fn drain(&mut self, entries: impl IntoIterator<Item = (FlowKey, FlowValue)>, now: u64) -> Drained {
+    pub fn drain(
+        &mut self,
+        entries: impl IntoIterator<Item = (FlowKey, FlowValue)>,
+        now: u64,
+    ) -> Drained {
         let mut out = Drained::default();
         let mut seen = std::collections::HashSet::with_capacity(self.flows.len());
         for (key, value) in entries {
@@ -168,7 +178,8 @@ impl FlowCache {
                 Some(EndReason::IdleTimeout)
             } else if now.saturating_sub(t.last_export) >= ns(self.timeouts.active) {
                 t.last_export = now;
-                out.records.push(t.emit(&key, Some(EndReason::ActiveTimeout)));
+                out.records
+                    .push(t.emit(&key, Some(EndReason::ActiveTimeout)));
                 None
             } else {
                 None
@@ -182,7 +193,12 @@ impl FlowCache {
             self.flows.remove(key);
         }
         // Known flows the kernel no longer has: evicted, or known only from an event.
-        let gone: Vec<FlowKey> = self.flows.keys().filter(|k| !seen.contains(*k)).copied().collect();
+        let gone: Vec<FlowKey> = self
+            .flows
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .copied()
+            .collect();
         for key in gone {
             if let Some(mut t) = self.flows.remove(&key) {
                 let ended = decode(&key, &t.value, t.totals).ended();
@@ -214,7 +230,10 @@ mod tests {
 
     fn key(port: u16) -> FlowKey {
         FlowKey {
-            addr: [u32::from_ne_bytes([10, 0, 0, 1]), u32::from_ne_bytes([10, 0, 0, 2])],
+            addr: [
+                u32::from_ne_bytes([10, 0, 0, 1]),
+                u32::from_ne_bytes([10, 0, 0, 2]),
+            ],
             port: [port.to_be(), 80u16.to_be()],
             proto: 6,
             _pad: [0; 3],
@@ -249,7 +268,10 @@ mod tests {
         assert_eq!(d.records[0].forward_delta.packets, 20);
         let d = c.drain([(k, value(62 * S, 25, [0x1a, 0x12]))], 80 * S);
         assert_eq!(reasons(&d), vec![Some(EndReason::IdleTimeout)]);
-        assert_eq!(d.records[0].forward_delta.packets, 5, "delta since the active record");
+        assert_eq!(
+            d.records[0].forward_delta.packets, 5,
+            "delta since the active record"
+        );
         assert_eq!(d.records[0].observed.forward.packets, 25);
         assert_eq!(d.expired, vec![k]);
         assert!(c.is_empty());

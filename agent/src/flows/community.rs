@@ -25,13 +25,7 @@ fn icmp_counterpart(t: u8) -> Option<u8> {
 
 /// The Community ID of a flow with seed 0. For ICMP, `sport` is the type and
 /// `dport` the code of the source's packets.
-pub fn community_id(
-    saddr: Ipv4Addr,
-    daddr: Ipv4Addr,
-    proto: u8,
-    sport: u16,
-    dport: u16,
-) -> String {
+pub fn community_id(saddr: Ipv4Addr, daddr: Ipv4Addr, proto: u8, sport: u16, dport: u16) -> String {
     let (mut sport, mut dport, mut one_way) = (sport, dport, false);
     if proto == 1 {
         match u8::try_from(sport).ok().and_then(icmp_counterpart) {
@@ -56,8 +50,7 @@ pub fn community_id(
 
 /// Standard base64 with padding (RFC 4648 §4).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = chunk

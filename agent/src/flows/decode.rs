@@ -4,8 +4,8 @@
 
 use std::net::Ipv4Addr;
 
-use lumen_api::flow::{Counters, DropReason, Protocol, TcpFlags};
 use lumen_api::Identity;
+use lumen_api::flow::{Counters, DropReason, Protocol, TcpFlags};
 
 use super::community::community_id;
 use crate::datapath::abi::{FLOW_F_SIDE1_FIRST, FLOW_F_TRACED, FlowKey, FlowValue};
@@ -170,8 +170,20 @@ mod tests {
         assert_eq!(o.source.port, 40000);
         assert_eq!(o.source.identity, Identity(515));
         assert_eq!(o.destination.port, 80);
-        assert_eq!(o.forward, Counters { packets: 2, bytes: 100 });
-        assert_eq!(o.reverse, Counters { packets: 4, bytes: 500 });
+        assert_eq!(
+            o.forward,
+            Counters {
+                packets: 2,
+                bytes: 100
+            }
+        );
+        assert_eq!(
+            o.reverse,
+            Counters {
+                packets: 4,
+                bytes: 500
+            }
+        );
         assert_eq!(o.tcp_flags, TcpFlags(0x02));
         assert_eq!(o.correlation_id.len(), 16);
         assert!(!o.ended());

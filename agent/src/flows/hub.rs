@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lumen_api::flow::{FlowEvent, LostEvents, LostSource};
 use lumen_api::FlowFilter;
+use lumen_api::flow::{FlowEvent, LostEvents, LostSource};
 use tokio::sync::broadcast;
 
 /// A published event and its place in the hub's order.
@@ -50,7 +50,11 @@ impl Hub {
 
     /// Subscribe first, then snapshot, so a follower misses nothing in between;
     /// the follower skips broadcast items at or below the returned sequence.
-    pub fn open(&self, filter: &FlowFilter, last: Option<usize>) -> (Vec<Arc<FlowEvent>>, u64, broadcast::Receiver<Sequenced>) {
+    pub fn open(
+        &self,
+        filter: &FlowFilter,
+        last: Option<usize>,
+    ) -> (Vec<Arc<FlowEvent>>, u64, broadcast::Receiver<Sequenced>) {
         let rx = self.tx.subscribe();
         let Ok(recent) = self.recent.lock() else {
             return (Vec::new(), 0, rx);
