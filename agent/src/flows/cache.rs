@@ -129,8 +129,9 @@ impl FlowCache {
     }
 
     /// A ring-buffer event: the flow as it was at its end or at a drop. Keeps the
-    /// flow known even if the kernel evicts it before the next drain; a drop gets
-    /// a snapshot at once (at most one a second per flow).
+    /// flow known even if the kernel evicts it before the next drain. A flow seen
+    /// first here, or a drop, gets a snapshot at once (drops at most one a second
+    /// per flow).
     pub fn event(
         &mut self,
         key: FlowKey,
@@ -138,12 +139,16 @@ impl FlowCache {
         drop: bool,
         now: u64,
     ) -> Option<Emitted> {
+        let mut fresh = false;
         let t = self
             .flows
             .entry(key)
             .and_modify(|t| t.refresh(value))
-            .or_insert_with(|| Tracked::new(value, now));
-        if drop && now.saturating_sub(t.last_snapshot) >= 1_000_000_000 {
+            .or_insert_with(|| {
+                fresh = true;
+                Tracked::new(value, now)
+            });
+        if fresh || (drop && now.saturating_sub(t.last_snapshot) >= 1_000_000_000) {
             t.last_snapshot = now;
             return Some(t.emit(&key, None));
         }
@@ -292,6 +297,10 @@ mod tests {
     fn a_flow_known_only_from_an_event_still_gets_its_record() {
         let mut c = FlowCache::new(Timeouts::default());
         let k = key(40002);
+        assert!(
+            c.event(k, value(S, 3, [0x13, 0x13]), false, S).is_some(),
+            "first sight"
+        );
         assert!(c.event(k, value(S, 3, [0x13, 0x13]), false, S).is_none());
         let d = c.drain([], 2 * S);
         assert_eq!(reasons(&d), vec![Some(EndReason::EndOfFlow)]);
@@ -302,9 +311,10 @@ mod tests {
     fn eviction_is_lack_of_resources_and_drops_snapshot_once_a_second() {
         let mut c = FlowCache::new(Timeouts::default());
         let k = key(40003);
-        assert!(c.event(k, value(S, 1, [2, 0]), true, S).is_some());
-        assert!(c.event(k, value(S, 2, [2, 0]), true, S + 10).is_none());
-        let d = c.drain([], 2 * S);
+        assert!(c.event(k, value(S, 1, [2, 0]), true, 2 * S).is_some());
+        assert!(c.event(k, value(S, 2, [2, 0]), true, 2 * S + 10).is_none());
+        assert!(c.event(k, value(S, 2, [2, 0]), true, 3 * S + 10).is_some());
+        let d = c.drain([], 4 * S);
         assert_eq!(reasons(&d), vec![Some(EndReason::LackOfResources)]);
     }
 

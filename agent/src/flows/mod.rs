@@ -93,6 +93,7 @@ impl Flows {
             stats: stats.clone(),
             stop: stop.clone(),
             mono_to_epoch: clock::mono_to_epoch(),
+            // The maps are this agent's own (loaded fresh): every loss counts.
             seen_counters: [0; 3],
             drain_interval: config.drain_interval,
         };
@@ -157,8 +158,6 @@ struct Collector {
 impl Collector {
     fn run(mut self) {
         let interval = u64::try_from(self.drain_interval.as_nanos()).unwrap_or(1_000_000_000);
-        // Losses before this agent started are not ours to report.
-        self.seen_counters = self.loss_counters();
         let mut next_drain = clock::now_mono_ns() + interval;
         while !self.stop.load(Ordering::Relaxed) {
             let wait_ms = next_drain.saturating_sub(clock::now_mono_ns()) / 1_000_000;

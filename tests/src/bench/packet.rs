@@ -21,6 +21,16 @@ pub fn tcp_syn(
     sport: u16,
     dport: u16,
 ) -> Vec<u8> {
+    tcp_packet([src_mac, dst_mac], (src, sport), (dst, dport), TCP_SYN)
+}
+
+/// A TCP segment without payload with the given flags, in an Ethernet frame.
+pub fn tcp_packet(
+    [src_mac, dst_mac]: [[u8; 6]; 2],
+    (src, sport): (Ipv4Addr, u16),
+    (dst, dport): (Ipv4Addr, u16),
+    flags: u8,
+) -> Vec<u8> {
     let mut ip = [0u8; IP_LEN];
     ip[0] = 0x45; // version 4, 5 words of header
     ip[2..4].copy_from_slice(&((IP_LEN + TCP_LEN) as u16).to_be_bytes());
@@ -37,7 +47,7 @@ pub fn tcp_syn(
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[4..8].copy_from_slice(&1u32.to_be_bytes()); // sequence number
     tcp[12] = 0x50; // 5 words of header
-    tcp[13] = TCP_SYN;
+    tcp[13] = flags;
     tcp[14..16].copy_from_slice(&64240u16.to_be_bytes()); // window
     let mut pseudo = [0u8; 12];
     pseudo[0..4].copy_from_slice(&src.octets());
