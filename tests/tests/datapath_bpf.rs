@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use aya::programs::{TestRun, TestRunOptions};
-use lumen_agent::datapath::{Datapath, FlowSettings};
 use lumen_agent::datapath::abi::{EndpointValue, names};
+use lumen_agent::datapath::{Datapath, FlowSettings};
 use lumen_tests::bench::netns::Netns;
 use lumen_tests::bench::packet::tcp_syn;
 use lumen_tests::harness;

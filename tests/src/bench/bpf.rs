@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunOptions};
-use lumen_agent::datapath::{Datapath, FlowSettings};
 use lumen_agent::datapath::abi::{EndpointValue, names};
+use lumen_agent::datapath::{Datapath, FlowSettings};
 use lumen_api::Identity;
 use lumen_lab::config::{EXTERNAL_IP, cluster_cidr, node_ip, pod_cidr};
 use lumen_lab::netio::netns as enter_netns;
@@ -68,7 +68,12 @@ pub fn run(options: Options) -> Result<()> {
     let stats = StatsOff::ensure()?;
 
     let mut dp = Datapath::load()?;
-    dp.configure(VXLAN_IFINDEX, node_ip(1), cluster_cidr(), FlowSettings::default())?;
+    dp.configure(
+        VXLAN_IFINDEX,
+        node_ip(1),
+        cluster_cidr(),
+        FlowSettings::default(),
+    )?;
     dp.set_remote(pod_cidr(2), node_ip(2))?;
     for (host, ip, ifindex) in endpoints {
         let identity = Identity::for_pod(cluster_cidr(), ip).context("pod outside the cluster")?;
