@@ -20,6 +20,7 @@ use std::time::Duration;
 use cluster::ClusterSource;
 use cluster::manifest::{ManifestError, ManifestSource};
 use flows::{FlowError, Flows};
+use lumen_exporter::IpfixExporter;
 use node::{Config, Node, NodeError};
 
 /// Why the agent stopped.
@@ -41,8 +42,28 @@ pub enum AgentError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Flows(#[from] FlowError),
+    #[error("the IPFIX exporter could not start")]
+    Exporter(#[from] lumen_exporter::ExportError),
     #[error("the datapath's flow maps are not available")]
     NoFlowMaps,
+}
+
+/// The IPFIX exporter, when collectors are configured; its observation domain is
+/// the node's address unless set.
+fn start_exporter(node: &Node) -> Result<Option<Arc<IpfixExporter>>, AgentError> {
+    let mut config = node.config.ipfix.clone();
+    if config.collectors.is_empty() {
+        return Ok(None);
+    }
+    if config.observation_domain_id == 0 {
+        config.observation_domain_id = u32::from(node.node_ip);
+    }
+    tracing::info!(
+        collectors = ?config.collectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        domain = config.observation_domain_id,
+        "exporting IPFIX"
+    );
+    Ok(Some(Arc::new(IpfixExporter::start(config)?)))
 }
 
 /// Run the agent until `shutdown` resolves.
@@ -68,13 +89,18 @@ pub async fn run(
         .map_err(|_| AgentError::NoFlowMaps)?
         .take_flow_maps()
         .ok_or(AgentError::NoFlowMaps)?;
+    let exporter = start_exporter(&node)?;
+    let mut sinks: Vec<Box<dyn flows::sink::Sink>> = Vec::new();
+    if let Some(exporter) = &exporter {
+        sinks.push(Box::new(exporter.clone()));
+    }
     let flows = Arc::new(Flows::start(
         &node.config.node_name,
         maps,
         node.datapath.clone(),
         rx,
         node.config.flows.clone(),
-        Vec::new(),
+        sinks,
     )?);
 
     if let Some(dir) = socket.parent() {
@@ -93,6 +119,7 @@ pub async fn run(
     let state = server::AppState {
         node,
         flows: flows.clone(),
+        exporter: exporter.clone(),
     };
     let served = axum::serve(listener, server::app(state))
         .with_graceful_shutdown(shutdown)

@@ -65,6 +65,18 @@ struct Args {
     /// Recent flow events kept for `GET /v1/flows`.
     #[arg(long, default_value_t = 8192)]
     recent_flows: usize,
+    /// Export IPFIX to this collector (`udp://HOST:PORT` or `tcp://HOST:PORT`); repeatable.
+    #[arg(long = "ipfix-collector")]
+    ipfix_collectors: Vec<lumen_exporter::Collector>,
+    /// Enterprise number of Lumen's own IPFIX elements (never 56506, Antrea's).
+    #[arg(long, default_value_t = lumen_exporter::IpfixConfig::default().enterprise_number)]
+    ipfix_enterprise: u32,
+    /// IPFIX observation domain id [default: the node's IPv4 address as a number].
+    #[arg(long, default_value_t = 0)]
+    ipfix_domain: u32,
+    /// How often templates are re-sent over UDP.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    ipfix_template_refresh: Duration,
 }
 
 /// `250ms`, `15s`, `2m`.
@@ -129,6 +141,13 @@ fn run() -> anyhow::Result<()> {
             },
             drain_interval: args.flow_drain_interval,
             recent: args.recent_flows,
+        },
+        ipfix: lumen_exporter::IpfixConfig {
+            collectors: args.ipfix_collectors,
+            observation_domain_id: args.ipfix_domain,
+            enterprise_number: args.ipfix_enterprise,
+            template_refresh: args.ipfix_template_refresh,
+            ..lumen_exporter::IpfixConfig::default()
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -42,6 +42,9 @@ pub struct Config {
     pub flow_settings: FlowSettings,
     /// The flow pipeline.
     pub flows: FlowConfig,
+    /// IPFIX export; no collectors, no export. The observation domain id is set
+    /// from the node's address when left 0.
+    pub ipfix: lumen_exporter::IpfixConfig,
 }
 
 /// Why the node could not be brought up.

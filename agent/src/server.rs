@@ -25,6 +25,7 @@ use crate::pods::PodError;
 pub struct AppState {
     pub node: Arc<Node>,
     pub flows: Arc<Flows>,
+    pub exporter: Option<Arc<lumen_exporter::IpfixExporter>>,
 }
 
 impl FromRef<AppState> for Arc<Node> {
@@ -195,6 +196,11 @@ async fn flows(State(flows): State<Arc<Flows>>, Query(query): Query<FlowQuery>) 
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
-async fn flow_stats(State(flows): State<Arc<Flows>>) -> Json<lumen_api::flow::FlowStats> {
-    Json(flows.stats())
+async fn flow_stats(State(state): State<AppState>) -> Json<lumen_api::flow::FlowStats> {
+    let mut stats = state.flows.stats();
+    stats.exporter = state
+        .exporter
+        .as_ref()
+        .and_then(|e| serde_json::to_value(e.stats()).ok());
+    Json(stats)
 }

@@ -20,6 +20,8 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const UNDERLAY_CIDR: &str = "192.0.2.0/24";
 /// The underlay's bridge address, the nodes' default gateway.
 pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The lab's IPFIX collector listens on the underlay gateway, on the IANA port.
+pub const COLLECTOR_PORT: u16 = 4739;
 /// The external host's address (TEST-NET-3).
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The underlay's side of the external host's link.
@@ -54,6 +56,8 @@ pub struct LabConfig {
     pub state_root: PathBuf,
     /// Extra flags for every agent (e.g. `--idle-timeout 3s`, `--ipfix-collector …`).
     pub agent_args: Vec<String>,
+    /// Run an IPFIX collector (nfcapd) in the underlay and export every node's flows to it.
+    pub collector: bool,
 }
 
 impl Default for LabConfig {
@@ -65,6 +69,7 @@ impl Default for LabConfig {
             bin_dir: default_bin_dir(),
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             agent_args: Vec::new(),
+            collector: false,
         }
     }
 }

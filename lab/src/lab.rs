@@ -59,6 +59,11 @@ pub enum Progress {
         name: String,
         pid: u32,
     },
+    CollectorStarted {
+        url: String,
+        dir: PathBuf,
+        pid: u32,
+    },
 }
 
 impl fmt::Display for Progress {
@@ -73,6 +78,11 @@ impl fmt::Display for Progress {
             Self::ServerStarted { name, pid } => {
                 write!(f, "{name} echo server listening (pid {pid})")
             }
+            Self::CollectorStarted { url, dir, pid } => write!(
+                f,
+                "IPFIX collector nfcapd on {url} writing {} (pid {pid})",
+                dir.display()
+            ),
         }
     }
 }
@@ -318,6 +328,7 @@ impl Lab {
         progress(Progress::Manifests {
             dir: self.state.manifests_dir(),
         });
+        self.start_collector(progress)?;
 
         self.start_agents(progress)?;
         self.attach_pods(progress)?;
@@ -364,6 +375,32 @@ impl Lab {
     pub fn spawn_agent(&self, node: &str) -> Result<Child, LabError> {
         let node = self.state.node(node).ok_or_else(|| self.unknown(node))?;
         process::spawn_detached(&mut agent_command(&self.state, node), &node.agent_log)
+    }
+
+    /// nfcapd on the underlay gateway, if the lab has one; agents export to it.
+    fn start_collector(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), LabError> {
+        let Some(collector) = self.state.collector.clone() else {
+            return Ok(());
+        };
+        create_dir(&collector.dir)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.state.underlay.netns, "nfcapd"])
+            .args(["-b", &config::UNDERLAY_GATEWAY.to_string()])
+            .args(["-p", &config::COLLECTOR_PORT.to_string()])
+            // A file a minute, so `nfdump -R` shows flows soon.
+            .args(["-t", "60", "-w"])
+            .arg(&collector.dir);
+        let pid = process::spawn_detached(&mut cmd, &collector.log)?.id();
+        if let Some(c) = self.state.collector.as_mut() {
+            c.pid = Some(pid);
+        }
+        self.state.save()?;
+        progress(Progress::CollectorStarted {
+            url: collector.url,
+            dir: collector.dir,
+            pid,
+        });
+        Ok(())
     }
 
     fn start_agents(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), LabError> {

@@ -26,5 +26,5 @@ pub use down::{DownReport, down};
 pub use error::LabError;
 pub use lab::{Lab, LabGuard, Progress};
 pub use reach::ProbeReport;
-pub use state::{External, LabState, Node, Pod, Underlay};
+pub use state::{Collector, External, LabState, Node, Pod, Underlay};
 pub use status::Status;

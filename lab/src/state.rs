@@ -30,6 +30,20 @@ pub struct LabState {
     /// Extra flags every agent runs with.
     #[serde(default)]
     pub agent_args: Vec<String>,
+    /// The lab's IPFIX collector, if it runs one.
+    #[serde(default)]
+    pub collector: Option<Collector>,
+}
+
+/// nfcapd in the underlay namespace, receiving every node's IPFIX.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collector {
+    /// `udp://192.0.2.1:4739`, as the agents are told.
+    pub url: String,
+    /// Where nfcapd writes its files (read them with `nfdump -R DIR`).
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub pid: Option<u32>,
 }
 
 /// The underlay: one namespace with a bridge every node is plugged into.
@@ -166,7 +180,28 @@ impl LabState {
             pods,
             state_dir,
             agent_args: config.agent_args.clone(),
+            collector: None,
         }
+        .with_collector(config.collector)
+    }
+
+    /// Plan the lab's IPFIX collector and point every agent at it.
+    fn with_collector(mut self, wanted: bool) -> Self {
+        if wanted {
+            let url = format!(
+                "udp://{}:{}",
+                config::UNDERLAY_GATEWAY,
+                config::COLLECTOR_PORT
+            );
+            self.agent_args.push(format!("--ipfix-collector={url}"));
+            self.collector = Some(Collector {
+                url,
+                dir: self.state_dir.join("ipfix"),
+                log: self.state_dir.join("collector.log"),
+                pid: None,
+            });
+        }
+        self
     }
 
     pub fn state_file(&self) -> PathBuf {
@@ -310,6 +345,7 @@ pub(crate) mod tests {
             bin_dir: PathBuf::from("/opt/lumen/bin"),
             state_root: root.to_owned(),
             agent_args: Vec::new(),
+            collector: false,
         }
     }
 

@@ -59,6 +59,9 @@ enum LabCommand {
         /// An extra flag for every agent, e.g. `--agent-arg=--ipfix-collector=udp://192.0.2.1:4739`
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
+        /// Run an IPFIX collector (nfcapd) in the underlay and export every node's flows to it
+        #[arg(long)]
+        ipfix_collector: bool,
     },
     /// Show nodes, pods, their processes and identities
     Status {
@@ -154,6 +157,7 @@ pub fn run(args: LabArgs) -> Result<ExitCode, LabCmdError> {
             pods,
             bin_dir,
             agent_args,
+            ipfix_collector,
         } => {
             let bin_dir = match bin_dir {
                 Some(dir) => dir,
@@ -166,6 +170,7 @@ pub fn run(args: LabArgs) -> Result<ExitCode, LabCmdError> {
                 bin_dir,
                 state_root: which.state_root,
                 agent_args,
+                collector: ipfix_collector,
             })
         }
         LabCommand::Status { which, output } => {

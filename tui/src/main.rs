@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod lab_cmd;
+mod observe;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,12 +23,15 @@ struct Cli {
 enum Command {
     /// A Lumen cluster on this machine, built from network namespaces
     Lab(lab_cmd::LabArgs),
+    /// Flow records from the node agents, like `hubble observe`
+    Observe(Box<observe::ObserveArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(args) => lab_cmd::run(args).map_err(anyhow::Error::from),
+        Command::Observe(args) => observe::run(*args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
@@ -68,6 +72,15 @@ mod tests {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
         assert!(Cli::try_parse_from(["lumen", "lab", "exec", "pod-1-1"]).is_err());
+        for args in [
+            &["lumen", "observe"][..],
+            &["lumen", "observe", "--lab", "t1", "-f", "-o", "table"],
+            &[
+                "lumen", "observe", "--socket", "/tmp/a.sock", "--verdict", "DROPPED",
+            ],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
         assert!(Cli::try_parse_from(["lumen", "lab", "up", "--nodes", "x"]).is_err());
     }
 }

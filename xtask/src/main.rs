@@ -324,7 +324,17 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
     let p = pods.to_string();
     status(Command::new(&lumen).args(["lab", "down", "--name", "demo"]))?;
     status(
-        Command::new(&lumen).args(["lab", "up", "--name", "demo", "--nodes", &n, "--pods", &p]),
+        Command::new(&lumen).args([
+            "lab",
+            "up",
+            "--name",
+            "demo",
+            "--nodes",
+            &n,
+            "--pods",
+            &p,
+            "--ipfix-collector",
+        ]),
     )?;
     let traffic = Command::new(&lumen)
         .args(["lab", "traffic", "--name", "demo"])
@@ -334,7 +344,17 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
     println!(
         "Lumen demo is running: {nodes} nodes x {pods} pods, steady TCP/UDP/ICMP traffic between all pods."
     );
+    println!("Every node exports IPFIX to nfcapd on udp://192.0.2.1:4739 (in demo-underlay).");
     println!("Look at it from another terminal:");
+    println!(
+        "  {} observe --lab demo -f                      # every flow, live",
+        lumen.display()
+    );
+    println!(
+        "  {} observe --lab demo --verdict DROPPED -o table",
+        lumen.display()
+    );
+    println!("  nfdump -R /run/lumen-lab/demo/ipfix -o long    # what the collector got (a file a minute)");
     println!("  {} lab status --name demo", lumen.display());
     println!(
         "  {} lab probe --name demo pod-1-1 pod-2-1 80/tcp",

@@ -10,3 +10,14 @@ pub trait Sink: Send {
     /// Records the pipeline lost before they reached any sink.
     fn lost(&mut self, lost: &LostEvents);
 }
+
+/// IPFIX to every configured collector.
+impl Sink for std::sync::Arc<lumen_exporter::IpfixExporter> {
+    fn record(&mut self, flow: &Flow) {
+        self.export(flow);
+    }
+
+    fn lost(&mut self, lost: &LostEvents) {
+        self.add_lost(lost.count);
+    }
+}
