@@ -409,8 +409,8 @@ impl<R: BufRead> Read for Body<R> {
                         _ => e,
                     })?;
                     let digits = line.split(';').next().unwrap_or_default().trim();
-                    let size = u64::from_str_radix(digits, 16)
-                        .map_err(|_| invalid("bad chunk size"))?;
+                    let size =
+                        u64::from_str_radix(digits, 16).map_err(|_| invalid("bad chunk size"))?;
                     if size == 0 {
                         // Trailers, if any, up to the blank line that ends the body.
                         while !read_line(&mut self.reader)?.is_empty() {}
@@ -553,10 +553,8 @@ mod tests {
         fn serve(tag: &str, answer: impl FnOnce(UnixStream) + Send + 'static) -> Self {
             static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let dir = std::env::temp_dir().join(format!(
-                "lumen-client-{tag}-{}-{n}",
-                std::process::id()
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("lumen-client-{tag}-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join("agent.sock");
             let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -631,7 +629,10 @@ mod tests {
             follow: true,
             ..FlowQuery::default()
         };
-        let stream = server.client(Duration::from_millis(100)).flows(&query).unwrap();
+        let stream = server
+            .client(Duration::from_millis(100))
+            .flows(&query)
+            .unwrap();
         let lines: Vec<FlowLine> = stream.collect::<Result<_, _>>().unwrap();
         let counts: Vec<u64> = lines
             .iter()
@@ -669,7 +670,11 @@ mod tests {
         let err = stream.next().unwrap().unwrap_err();
         assert!(matches!(err, ClientError::Io { .. }), "{err}");
         assert!(stream.next().is_none());
-        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
         stop_tx.send(()).unwrap();
         assert_eq!(server.request_line(), "GET /v1/flows HTTP/1.1");
     }

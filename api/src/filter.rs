@@ -229,7 +229,8 @@ impl TryFrom<&FlowQuery> for FlowFilter {
                 s.parse().map_err(|_| invalid("port", "port number")(s))
             })?,
             verdict: parse_list(&q.verdict, |s| {
-                Verdict::parse(s).ok_or_else(|| invalid("verdict", "verdict (FORWARDED|DROPPED)")(s))
+                Verdict::parse(s)
+                    .ok_or_else(|| invalid("verdict", "verdict (FORWARDED|DROPPED)")(s))
             })?,
             node: list(&q.node).map(str::to_owned).collect(),
             since_ns: q.since_ns,

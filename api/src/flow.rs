@@ -249,7 +249,11 @@ impl FlowEndpoint {
 
     /// `namespace/pod`, when the endpoint is a pod.
     pub fn pod_ref(&self) -> Option<String> {
-        Some(format!("{}/{}", self.namespace.as_deref()?, self.pod.as_deref()?))
+        Some(format!(
+            "{}/{}",
+            self.namespace.as_deref()?,
+            self.pod.as_deref()?
+        ))
     }
 
     /// Labels as Antrea exports them: a JSON object string (`{"app":"web"}`).
@@ -326,9 +330,9 @@ pub struct Flow {
 impl Flow {
     /// Whether either side is the pod `namespace/pod`.
     pub fn involves_pod(&self, namespace: &str, pod: &str) -> bool {
-        [&self.source, &self.destination].iter().any(|e| {
-            e.namespace.as_deref() == Some(namespace) && e.pod.as_deref() == Some(pod)
-        })
+        [&self.source, &self.destination]
+            .iter()
+            .any(|e| e.namespace.as_deref() == Some(namespace) && e.pod.as_deref() == Some(pod))
     }
 }
 

@@ -23,6 +23,9 @@ fn every_element_is_documented() {
             ie.name,
             ie.data_type.name()
         );
-        assert!(doc.contains(&row), "docs/ipfix.md lacks the row starting {row}");
+        assert!(
+            doc.contains(&row),
+            "docs/ipfix.md lacks the row starting {row}"
+        );
     }
 }

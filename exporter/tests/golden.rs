@@ -18,7 +18,12 @@ const HEADER: Header = Header {
 fn hex(bytes: &[u8]) -> String {
     bytes
         .chunks(16)
-        .map(|line| line.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        .map(|line| {
+            line.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -61,7 +66,11 @@ fn the_wire_format_matches_the_golden_file() {
     // The golden bytes mean what they should to an independent decoder.
     let bytes = unhex(&golden);
     let decoder = Decoder::new(DEFAULT_LUMEN_PEN);
-    decoder.decode(&bytes[..templates.len()]).expect("templates decode");
-    let msg = decoder.decode(&bytes[templates.len()..]).expect("data decodes");
+    decoder
+        .decode(&bytes[..templates.len()])
+        .expect("templates decode");
+    let msg = decoder
+        .decode(&bytes[templates.len()..])
+        .expect("data decodes");
     assert_eq!(flow_records(&msg), [&reference_record(&full_flow())]);
 }

@@ -26,13 +26,22 @@ struct Received {
 
 /// Read messages until `done`, checking that templates come first and that sequence
 /// numbers start at 0 and count every data record.
-async fn read_until(session: &mut TcpSession, got: &mut Received, decoder: &Decoder, done: impl Fn(&Received) -> bool) {
+async fn read_until(
+    session: &mut TcpSession,
+    got: &mut Received,
+    decoder: &Decoder,
+    done: impl Fn(&Received) -> bool,
+) {
     while !done(got) {
         let bytes = session.next().await.expect("connection open");
         let msg = decoder.decode(&bytes).expect("decodes");
         if got.messages.is_empty() {
             assert_eq!(msg.iter_template_records().count(), 1, "templates first");
-            assert_eq!(msg.iter_options_template_records().count(), 1, "then the options template");
+            assert_eq!(
+                msg.iter_options_template_records().count(),
+                1,
+                "then the options template"
+            );
             assert_eq!(data_record_count(&msg), 0);
             assert_eq!(msg.sequence_number, 0, "a new session starts at 0");
         }
@@ -52,7 +61,11 @@ fn expected(flows: &[Flow]) -> Vec<DataRecord> {
 async fn records_wait_for_the_collector_and_survive_a_reconnect() {
     let port = free_port();
     let cfg = IpfixConfig {
-        collectors: vec![format!("tcp://127.0.0.1:{port}").parse().expect("collector")],
+        collectors: vec![
+            format!("tcp://127.0.0.1:{port}")
+                .parse()
+                .expect("collector"),
+        ],
         reconnect_backoff_max: Duration::from_millis(50),
         stats_interval: Duration::from_millis(300),
         max_buffered_records: 10,
@@ -81,12 +94,18 @@ async fn records_wait_for_the_collector_and_survive_a_reconnect() {
     assert_eq!(got.flows, expected(&first));
     let stats = collector_stats(&exporter, 0);
     assert!(stats.connected);
-    assert_eq!((stats.records_sent, stats.records_lost, stats.reconnects), (5, 0, 0));
+    assert_eq!(
+        (stats.records_sent, stats.records_lost, stats.reconnects),
+        (5, 0, 0)
+    );
 
     // It goes away mid-stream.
     drop(session);
     drop(listener);
-    eventually("the exporter notices", || !collector_stats(&exporter, 0).connected).await;
+    eventually("the exporter notices", || {
+        !collector_stats(&exporter, 0).connected
+    })
+    .await;
 
     // More records than the buffer holds: the overflow is lost and counted.
     let second: Vec<Flow> = (100..130).map(numbered_flow).collect();
@@ -100,7 +119,10 @@ async fn records_wait_for_the_collector_and_survive_a_reconnect() {
     })
     .await;
     let stats = collector_stats(&exporter, 0);
-    assert!(stats.records_lost > 0 && stats.records_buffered <= 10, "{stats:?}");
+    assert!(
+        stats.records_lost > 0 && stats.records_buffered <= 10,
+        "{stats:?}"
+    );
     let lost = stats.records_lost;
     let buffered = stats.records_buffered as usize;
 
@@ -114,10 +136,16 @@ async fn records_wait_for_the_collector_and_survive_a_reconnect() {
     let all = expected(&second);
     let mut rest = all.iter();
     for record in &again.flows {
-        assert!(rest.any(|r| r == record), "records in order, each from the second round");
+        assert!(
+            rest.any(|r| r == record),
+            "records in order, each from the second round"
+        );
     }
     let record = &again.stats[0];
-    assert_eq!(value(record, "notSentFlowTotalCount"), Some(&V::U64(lost + 7)));
+    assert_eq!(
+        value(record, "notSentFlowTotalCount"),
+        Some(&V::U64(lost + 7))
+    );
     assert_eq!(
         value(record, "exportedFlowRecordTotalCount"),
         Some(&V::U64(5 + buffered as u64))
@@ -127,7 +155,10 @@ async fn records_wait_for_the_collector_and_survive_a_reconnect() {
         .filter(|f| !again.flows.contains(&reference_record(f)))
         .map(|f| f.forward_delta.packets + f.reverse_delta.packets)
         .sum();
-    assert_eq!(value(record, "notSentPacketTotalCount"), Some(&V::U64(lost_packets)));
+    assert_eq!(
+        value(record, "notSentPacketTotalCount"),
+        Some(&V::U64(lost_packets))
+    );
     assert!(matches!(
         value(record, "observationTimeMilliseconds"),
         Some(V::DateTimeMilliseconds(t)) if *t > 1_600_000_000_000
@@ -145,10 +176,15 @@ async fn records_wait_for_the_collector_and_survive_a_reconnect() {
     };
     while let Some(bytes) = session.next().await {
         let msg = decoder.decode(&bytes).expect("decodes");
-        closing.stats.extend(stats_records(&msg).into_iter().cloned());
+        closing
+            .stats
+            .extend(stats_records(&msg).into_iter().cloned());
         closing.messages.push(msg);
     }
-    assert!(!closing.stats.is_empty(), "a final statistics record ({last_stats} before)");
+    assert!(
+        !closing.stats.is_empty(),
+        "a final statistics record ({last_stats} before)"
+    );
     within("shutdown", shutdown).await.expect("shutdown task");
 }
 
@@ -157,7 +193,11 @@ async fn large_messages_are_allowed_over_tcp() {
     let listener = listen(0).await;
     let port = listener.local_addr().expect("addr").port();
     let cfg = IpfixConfig {
-        collectors: vec![format!("tcp://127.0.0.1:{port}").parse().expect("collector")],
+        collectors: vec![
+            format!("tcp://127.0.0.1:{port}")
+                .parse()
+                .expect("collector"),
+        ],
         max_message_size: 65535,
         ..IpfixConfig::default()
     };

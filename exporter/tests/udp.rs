@@ -17,7 +17,10 @@ use lumen_exporter::{IpfixConfig, IpfixExporter};
 
 fn config(collectors: &[String]) -> IpfixConfig {
     IpfixConfig {
-        collectors: collectors.iter().map(|c| c.parse().expect("collector")).collect(),
+        collectors: collectors
+            .iter()
+            .map(|c| c.parse().expect("collector"))
+            .collect(),
         ..IpfixConfig::default()
     }
 }
@@ -41,7 +44,10 @@ async fn records_arrive_in_order_with_consistent_sequence_numbers_and_bounded_si
     for flow in &flows {
         exporter.export(flow);
     }
-    eventually("all records sent", || collector_stats(&exporter, 0).records_sent == 42).await;
+    eventually("all records sent", || {
+        collector_stats(&exporter, 0).records_sent == 42
+    })
+    .await;
     let before_shutdown = collector_stats(&exporter, 0);
     exporter.shutdown().await;
 
@@ -77,13 +83,19 @@ async fn records_arrive_in_order_with_consistent_sequence_numbers_and_bounded_si
 
     let stats = stats_records(msgs.last().expect("stats message"));
     assert_eq!(stats.len(), 1, "one statistics record at shutdown");
-    assert_eq!(value(stats[0], "exportedFlowRecordTotalCount"), Some(&V::U64(42)));
+    assert_eq!(
+        value(stats[0], "exportedFlowRecordTotalCount"),
+        Some(&V::U64(42))
+    );
     assert_eq!(value(stats[0], "notSentFlowTotalCount"), Some(&V::U64(0)));
     assert_eq!(
         value(stats[0], "exportedMessageTotalCount"),
         Some(&V::U64(datagrams.len() as u64 - 1))
     );
-    assert_eq!(value(stats[0], "exportedOctetTotalCount"), Some(&V::U64(bytes as u64)));
+    assert_eq!(
+        value(stats[0], "exportedOctetTotalCount"),
+        Some(&V::U64(bytes as u64))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +108,10 @@ async fn templates_are_resent_on_schedule() {
     let mut arrivals = Vec::new();
     let decoder = Decoder::new(DEFAULT_LUMEN_PEN);
     while arrivals.len() < 4 {
-        let msg = collector.recv(common::WAIT).await.expect("a template message");
+        let msg = collector
+            .recv(common::WAIT)
+            .await
+            .expect("a template message");
         assert!(is_template_message(&decoder.decode(&msg).expect("decodes")));
         arrivals.push(start.elapsed());
     }
@@ -107,7 +122,9 @@ async fn templates_are_resent_on_schedule() {
     assert!(collector_stats(&exporter, 0).templates_sent >= 4);
     // Records after a refresh still decode with the refreshed templates.
     exporter.export(&full_flow());
-    let data = collector.recv_until(|m| m.iter().any(|d| d[16..18] == [1, 0])).await;
+    let data = collector
+        .recv_until(|m| m.iter().any(|d| d[16..18] == [1, 0]))
+        .await;
     let last = decoder.decode(data.last().expect("data")).expect("decodes");
     assert_eq!(flow_records(&last)[0], &reference_record(&full_flow()));
     exporter.shutdown().await;
@@ -136,7 +153,10 @@ async fn send_errors_count_records_lost_and_the_exporter_carries_on() {
     .await;
     let stats = collector_stats(&exporter, 0);
     assert!(
-        stats.last_error.as_deref().is_some_and(|e| e.contains("refused")),
+        stats
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused")),
         "{:?}",
         stats.last_error
     );
@@ -149,27 +169,50 @@ async fn a_collector_that_is_down_does_not_hold_back_the_others() {
     let collector = UdpCollector::bind().await;
     let down = format!("tcp://127.0.0.1:{}", free_port());
     let mut cfg = config(&[down, collector.url()]);
-    cfg.max_buffered_records = 5;
+    cfg.max_buffered_records = 10;
     cfg.reconnect_backoff_max = Duration::from_millis(50);
     let exporter = IpfixExporter::start(cfg).expect("start");
     let flows: Vec<Flow> = (0..30).map(numbered_flow).collect();
-    for flow in &flows {
-        exporter.export(flow);
+    // In rounds that each fit a buffer: the UDP collector keeps up with every round
+    // while the TCP one, unreachable, overflows.
+    for (round, chunk) in flows.chunks(10).enumerate() {
+        for flow in chunk {
+            exporter.export(flow);
+        }
+        let sent = 10 * (round as u64 + 1);
+        eventually("the UDP collector keeps up", || {
+            collector_stats(&exporter, 1).records_sent == sent
+        })
+        .await;
     }
     let decoder = Decoder::new(DEFAULT_LUMEN_PEN);
     let mut received = Vec::new();
     while received.len() < flows.len() {
-        let msg = collector.recv(common::WAIT).await.expect("records over UDP");
+        let msg = collector
+            .recv(common::WAIT)
+            .await
+            .expect("records over UDP");
         let msg = decoder.decode(&msg).expect("decodes");
         received.extend(flow_records(&msg).into_iter().cloned());
     }
-    assert_eq!(received, flows.iter().map(reference_record).collect::<Vec<_>>());
+    assert_eq!(
+        received,
+        flows.iter().map(reference_record).collect::<Vec<_>>()
+    );
 
     let tcp = collector_stats(&exporter, 0);
     assert!(!tcp.connected);
-    assert!(tcp.last_error.as_deref().is_some_and(|e| e.starts_with("connect")), "{tcp:?}");
+    assert!(
+        tcp.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("connect")),
+        "{tcp:?}"
+    );
     assert_eq!(tcp.records_buffered + tcp.records_lost, 30, "{tcp:?}");
-    assert!(tcp.records_buffered <= 5 && tcp.records_lost >= 25, "{tcp:?}");
+    assert!(
+        tcp.records_buffered <= 10 && tcp.records_lost >= 20,
+        "{tcp:?}"
+    );
     let udp = collector_stats(&exporter, 1);
     assert_eq!((udp.records_sent, udp.records_lost), (30, 0));
     let stats = exporter.stats();

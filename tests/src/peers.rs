@@ -112,13 +112,15 @@ impl Drop for TempDir {
 }
 
 /// A peer running in the background with stdout and stderr in files, stopped with
-/// SIGTERM (and killed if it does not exit) when dropped.
+/// its stop signal (SIGTERM unless told otherwise), and killed if it does not
+/// exit, when dropped.
 #[derive(Debug)]
 pub struct Daemon {
     name: String,
     child: Option<Child>,
     stdout: PathBuf,
     stderr: PathBuf,
+    stop_signal: libc::c_int,
 }
 
 impl Daemon {
@@ -138,7 +140,14 @@ impl Daemon {
             child: Some(child),
             stdout,
             stderr,
+            stop_signal: libc::SIGTERM,
         }
+    }
+
+    /// Stop it with `signal` instead (pmacct ends gracefully on SIGINT only).
+    pub fn stop_signal(mut self, signal: libc::c_int) -> Self {
+        self.stop_signal = signal;
+        self
     }
 
     /// What it has written to stdout and stderr so far.
@@ -181,8 +190,8 @@ impl Daemon {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Stop it with SIGTERM, as an operator or a service manager would, and return
-    /// its output. Killed after 10 s.
+    /// Stop it with its stop signal, as an operator or a service manager would, and
+    /// return its output. Killed after 10 s.
     pub fn stop(mut self) -> Output {
         let status = self.terminate();
         let (stdout, stderr) = self.output();
@@ -200,7 +209,7 @@ impl Daemon {
         }
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        unsafe { libc::kill(pid, self.stop_signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -276,10 +285,7 @@ impl UdpSink {
                 let mut buf = vec![0; 65_536];
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok(n) = socket.recv(&mut buf) {
-                        messages
-                            .lock()
-                            .expect("sink lock")
-                            .push(buf[..n].to_vec());
+                        messages.lock().expect("sink lock").push(buf[..n].to_vec());
                     }
                 }
             })

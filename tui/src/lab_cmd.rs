@@ -358,6 +358,7 @@ mod tests {
             pods_per_node: 2,
             bin_dir: PathBuf::from("/bin"),
             state_root: root.to_owned(),
+            ..LabConfig::default()
         };
         let state = LabState::plan(&config);
         std::fs::create_dir_all(&state.state_dir).unwrap();

@@ -76,7 +76,12 @@ mod tests {
             &["lumen", "observe"][..],
             &["lumen", "observe", "--lab", "t1", "-f", "-o", "table"],
             &[
-                "lumen", "observe", "--socket", "/tmp/a.sock", "--verdict", "DROPPED",
+                "lumen",
+                "observe",
+                "--socket",
+                "/tmp/a.sock",
+                "--verdict",
+                "DROPPED",
             ],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

@@ -1,5 +1,9 @@
 //! `lumen observe` as a user runs it, against stand-in agents on unix sockets
 //! that answer `GET /v1/flows` with chunked NDJSON as the real agent does.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers (fake agents, fixtures): a broken harness should fail loudly"
+)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -22,10 +26,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "lumen-observe-{tag}-{}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("lumen-observe-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -121,10 +122,7 @@ struct FakeAgent {
 }
 
 impl FakeAgent {
-    fn serve(
-        path: &Path,
-        answer: impl Fn(UnixStream) + Send + Sync + 'static,
-    ) -> Self {
+    fn serve(path: &Path, answer: impl Fn(UnixStream) + Send + Sync + 'static) -> Self {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let listener = UnixListener::bind(path).unwrap();
         let server = std::thread::spawn(move || {
@@ -231,7 +229,11 @@ fn one_agent_compact_without_colour_when_piped() {
             compact("node-1", 2),
         ]
     );
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         agent.requests(),
         ["GET /v1/flows?from_pod=default%2Fpod-1-1&port=80%2C81&last=20 HTTP/1.1"]
@@ -406,10 +408,16 @@ fn follow_prints_each_record_as_it_arrives() {
     let header = read();
     assert!(header.starts_with("TIME "), "{header}");
     let first = read();
-    assert!(first.starts_with("Nov 23 19:30:06.123  node-1  "), "{first}");
+    assert!(
+        first.starts_with("Nov 23 19:30:06.123  node-1  "),
+        "{first}"
+    );
     next_tx.send(()).unwrap();
     let second = read();
-    assert!(second.starts_with("Nov 23 19:30:02.123  node-1  "), "{second}");
+    assert!(
+        second.starts_with("Nov 23 19:30:02.123  node-1  "),
+        "{second}"
+    );
     assert_eq!(second.find("FORWARDED"), header.find("VERDICT"));
     // Both streams ended: so does observe.
     let status = child.wait().unwrap();

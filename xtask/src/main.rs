@@ -20,8 +20,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "underlay captures"),
     ("tshark", "decodes VXLAN tags and IPFIX in tests"),
     ("nfdump", "nfcapd/nfdump: IPFIX peer tests"),
-    ("pmacct", "nfacctd: IPFIX peer tests of the enterprise elements"),
-    ("libfixbuf-tools", "ipfixDump: IPFIX peer tests of the element file"),
+    (
+        "pmacct",
+        "nfacctd: IPFIX peer tests of the enterprise elements",
+    ),
+    (
+        "libfixbuf-tools",
+        "ipfixDump: IPFIX peer tests of the element file",
+    ),
     ("python3-venv", "the venv for the PyPI ipfix peer"),
     (
         "containernetworking-plugins",
@@ -155,7 +161,12 @@ fn python_deps() -> Result<()> {
     let python = venv.join("bin").join("python3");
     if !python.exists() {
         println!("deps: creating {}", venv.display());
-        status(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv))?;
+        status(
+            Command::new("/usr/bin/python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv),
+        )?;
     }
     let wanted: Vec<&str> = PYTHON_PACKAGES.iter().map(|(p, _)| *p).collect();
     let frozen = Command::new(&python)
@@ -177,7 +188,13 @@ fn python_deps() -> Result<()> {
     }
     status(
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
             .args(&missing),
     )
 }
@@ -323,19 +340,17 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
     let n = nodes.to_string();
     let p = pods.to_string();
     status(Command::new(&lumen).args(["lab", "down", "--name", "demo"]))?;
-    status(
-        Command::new(&lumen).args([
-            "lab",
-            "up",
-            "--name",
-            "demo",
-            "--nodes",
-            &n,
-            "--pods",
-            &p,
-            "--ipfix-collector",
-        ]),
-    )?;
+    status(Command::new(&lumen).args([
+        "lab",
+        "up",
+        "--name",
+        "demo",
+        "--nodes",
+        &n,
+        "--pods",
+        &p,
+        "--ipfix-collector",
+    ]))?;
     let traffic = Command::new(&lumen)
         .args(["lab", "traffic", "--name", "demo"])
         .spawn()
@@ -354,7 +369,9 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
         "  {} observe --lab demo --verdict DROPPED -o table",
         lumen.display()
     );
-    println!("  nfdump -R /run/lumen-lab/demo/ipfix -o long    # what the collector got (a file a minute)");
+    println!(
+        "  nfdump -R /run/lumen-lab/demo/ipfix -o long    # what the collector got (a file a minute)"
+    );
     println!("  {} lab status --name demo", lumen.display());
     println!(
         "  {} lab probe --name demo pod-1-1 pod-2-1 80/tcp",

@@ -214,9 +214,6 @@ impl Collector {
     }
 
     fn drain(&mut self, now: u64) {
-        if self.cluster.has_changed().unwrap_or(false) {
-            self.lookup = ClusterLookup::new(&self.cluster.borrow_and_update());
-        }
         let entries: Vec<(FlowKey, _)> = self.maps.table.iter().filter_map(Result::ok).collect();
         let drained = self.cache.drain(entries, now);
         for key in &drained.expired {
@@ -255,6 +252,13 @@ impl Collector {
     }
 
     fn emit(&mut self, records: Vec<Emitted>) {
+        if records.is_empty() {
+            return;
+        }
+        // Pods come and go: name flows by the cluster as it is now.
+        if self.cluster.has_changed().unwrap_or(false) {
+            self.lookup = ClusterLookup::new(&self.cluster.borrow_and_update());
+        }
         let (mut finals, mut snapshots) = (0, 0);
         for e in records {
             let mut flow = enrich(&e.observed, &self.node, self.mono_to_epoch, &self.lookup);

@@ -349,7 +349,15 @@ impl Task {
                 Ok(())
             }
             Conn::Tcp(stream) => {
-                send_tcp(me, stream, &mut session.sequence, batches, domain, &mut self.buf).await
+                send_tcp(
+                    me,
+                    stream,
+                    &mut session.sequence,
+                    batches,
+                    domain,
+                    &mut self.buf,
+                )
+                .await
             }
         }
     }
@@ -388,7 +396,10 @@ async fn closed_by_peer(conn: &Conn) -> io::Error {
         }
         match stream.try_read(&mut scratch) {
             Ok(0) => {
-                return io::Error::new(io::ErrorKind::UnexpectedEof, "collector closed the connection");
+                return io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "collector closed the connection",
+                );
             }
             Ok(_) => {}
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
@@ -434,14 +445,17 @@ async fn send_udp(
         match result {
             Ok(sent) if sent > 0 => {
                 for batch in &chunk[..sent] {
-                    me.counters.sent(MESSAGE_HEADER_LEN + batch.set.len(), batch.records);
+                    me.counters
+                        .sent(MESSAGE_HEADER_LEN + batch.set.len(), batch.records);
                     *sequence = sequence.wrapping_add(batch.records);
                 }
                 next += sent;
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             failed => {
-                let err = failed.err().unwrap_or_else(|| io::Error::other("sendmmsg sent nothing"));
+                let err = failed
+                    .err()
+                    .unwrap_or_else(|| io::Error::other("sendmmsg sent nothing"));
                 me.counters.set_error(format!("send: {err}"));
                 me.lose([&chunk[0]]);
                 next += 1;
@@ -452,7 +466,11 @@ async fn send_udp(
 
 /// `sendmmsg(2)`: each message is a header and a shared set, gathered from two
 /// buffers. Returns how many messages were sent.
-fn sendmmsg(fd: RawFd, headers: &[[u8; MESSAGE_HEADER_LEN]], sets: &[Arc<Batch>]) -> io::Result<usize> {
+fn sendmmsg(
+    fd: RawFd,
+    headers: &[[u8; MESSAGE_HEADER_LEN]],
+    sets: &[Arc<Batch>],
+) -> io::Result<usize> {
     let n = headers.len().min(sets.len()).min(UDP_BATCH);
     let empty = libc::iovec {
         iov_base: std::ptr::null_mut(),
@@ -523,7 +541,8 @@ async fn send_tcp(
             return Err(err);
         }
         for batch in batches.drain(..n) {
-            me.counters.sent(MESSAGE_HEADER_LEN + batch.set.len(), batch.records);
+            me.counters
+                .sent(MESSAGE_HEADER_LEN + batch.set.len(), batch.records);
         }
         *sequence = seq;
     }

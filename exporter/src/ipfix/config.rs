@@ -131,7 +131,10 @@ impl IpfixConfig {
         for (name, zero) in [
             ("template_refresh", self.template_refresh.is_zero()),
             ("stats_interval", self.stats_interval.is_zero()),
-            ("reconnect_backoff_max", self.reconnect_backoff_max.is_zero()),
+            (
+                "reconnect_backoff_max",
+                self.reconnect_backoff_max.is_zero(),
+            ),
             ("max_buffered_records", self.max_buffered_records == 0),
         ] {
             if zero {
@@ -206,11 +209,19 @@ mod tests {
     fn limits_are_checked() {
         let mut c = config("tcp://127.0.0.1:4739");
         c.max_message_size = 100;
-        assert!(matches!(c.validate(), Err(ConfigError::MessageSize { size: 100 })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::MessageSize { size: 100 })
+        ));
         c.max_message_size = 65535;
         c.validate().expect("TCP-sized messages");
         c.stats_interval = Duration::ZERO;
-        assert!(c.validate().expect_err("zero").to_string().contains("stats_interval"));
+        assert!(
+            c.validate()
+                .expect_err("zero")
+                .to_string()
+                .contains("stats_interval")
+        );
         assert!(matches!(
             IpfixConfig::default().validate(),
             Err(ConfigError::NoCollectors)

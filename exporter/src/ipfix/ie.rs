@@ -56,6 +56,8 @@ impl Registry {
 pub enum DataType {
     Unsigned8,
     Unsigned16,
+    /// An `unsigned16` sent in one byte (reduced-size encoding).
+    Unsigned16In1,
     Unsigned32,
     Unsigned64,
     DateTimeMilliseconds,
@@ -67,7 +69,7 @@ impl DataType {
     /// The field length in the template.
     pub fn length(self) -> u16 {
         match self {
-            Self::Unsigned8 => 1,
+            Self::Unsigned8 | Self::Unsigned16In1 => 1,
             Self::Unsigned16 => 2,
             Self::Unsigned32 | Self::Ipv4Address => 4,
             Self::Unsigned64 | Self::DateTimeMilliseconds => 8,
@@ -79,7 +81,7 @@ impl DataType {
     pub fn name(self) -> &'static str {
         match self {
             Self::Unsigned8 => "unsigned8",
-            Self::Unsigned16 => "unsigned16",
+            Self::Unsigned16 | Self::Unsigned16In1 => "unsigned16",
             Self::Unsigned32 => "unsigned32",
             Self::Unsigned64 => "unsigned64",
             Self::DateTimeMilliseconds => "dateTimeMilliseconds",
@@ -107,59 +109,67 @@ const fn ie(name: &'static str, registry: Registry, id: u16, data_type: DataType
     }
 }
 
-use DataType::{DateTimeMilliseconds, Ipv4Address, String, Unsigned8, Unsigned16, Unsigned32, Unsigned64};
+use DataType::{
+    DateTimeMilliseconds as Millis, Ipv4Address as Ipv4, String as Str, Unsigned8 as U8,
+    Unsigned16 as U16, Unsigned16In1 as U16In1, Unsigned32 as U32, Unsigned64 as U64,
+};
 use Registry::{Antrea, Iana, Lumen, Reverse};
 
-/// The flow template (id 256), in record order. The encoder writes records in
-/// exactly this order; a test decodes them with an independent decoder.
+/// The flow template (id 256), in record order: the encoder writes records in
+/// exactly this order, and a test decodes them with an independent decoder. The order is for the collectors that read fields
+/// by id alone: totals before deltas (nfcapd keeps the later of the two in one
+/// column, and deltas are what it adds up), and Lumen's elements before the RFC
+/// 5103 reverse ones (pmacct's primitives take the first field with an id,
+/// whatever its enterprise). TCP flags go in one byte (RFC 7011 §6.2 reduced-size
+/// encoding): pmacct reads only the first byte of the field.
 pub const FLOW_TEMPLATE: &[Ie] = &[
-    ie("flowStartMilliseconds", Iana, 152, DateTimeMilliseconds),
-    ie("flowEndMilliseconds", Iana, 153, DateTimeMilliseconds),
-    ie("sourceIPv4Address", Iana, 8, Ipv4Address),
-    ie("destinationIPv4Address", Iana, 12, Ipv4Address),
-    ie("sourceTransportPort", Iana, 7, Unsigned16),
-    ie("destinationTransportPort", Iana, 11, Unsigned16),
-    ie("protocolIdentifier", Iana, 4, Unsigned8),
-    ie("icmpTypeCodeIPv4", Iana, 32, Unsigned16),
-    ie("packetDeltaCount", Iana, 2, Unsigned64),
-    ie("octetDeltaCount", Iana, 1, Unsigned64),
-    ie("packetTotalCount", Iana, 86, Unsigned64),
-    ie("octetTotalCount", Iana, 85, Unsigned64),
-    ie("tcpControlBits", Iana, 6, Unsigned16),
-    ie("flowEndReason", Iana, 136, Unsigned8),
-    ie("reversePacketDeltaCount", Reverse, 2, Unsigned64),
-    ie("reverseOctetDeltaCount", Reverse, 1, Unsigned64),
-    ie("reversePacketTotalCount", Reverse, 86, Unsigned64),
-    ie("reverseOctetTotalCount", Reverse, 85, Unsigned64),
-    ie("reverseTcpControlBits", Reverse, 6, Unsigned16),
-    ie("sourcePodNamespace", Antrea, 100, String),
-    ie("sourcePodName", Antrea, 101, String),
-    ie("destinationPodNamespace", Antrea, 102, String),
-    ie("destinationPodName", Antrea, 103, String),
-    ie("sourceNodeName", Antrea, 104, String),
-    ie("destinationNodeName", Antrea, 105, String),
-    ie("sourcePodLabels", Antrea, 143, String),
-    ie("destinationPodLabels", Antrea, 144, String),
-    ie("flowType", Antrea, 137, Unsigned8),
-    ie("ingressNetworkPolicyName", Antrea, 110, String),
-    ie("ingressNetworkPolicyNamespace", Antrea, 111, String),
-    ie("ingressNetworkPolicyType", Antrea, 115, Unsigned8),
-    ie("ingressNetworkPolicyRuleName", Antrea, 141, String),
-    ie("ingressNetworkPolicyRuleAction", Antrea, 139, Unsigned8),
-    ie("egressNetworkPolicyName", Antrea, 112, String),
-    ie("egressNetworkPolicyNamespace", Antrea, 113, String),
-    ie("egressNetworkPolicyType", Antrea, 118, Unsigned8),
-    ie("egressNetworkPolicyRuleName", Antrea, 142, String),
-    ie("egressNetworkPolicyRuleAction", Antrea, 140, Unsigned8),
-    ie("lumenVerdict", Lumen, 1, Unsigned8),
-    ie("lumenDropReason", Lumen, 2, Unsigned8),
-    ie("lumenTag", Lumen, 3, Unsigned32),
-    ie("lumenCorrelationId", Lumen, 4, Unsigned64),
-    ie("lumenCommunityId", Lumen, 5, String),
-    ie("lumenSourceIdentity", Lumen, 6, Unsigned32),
-    ie("lumenDestinationIdentity", Lumen, 7, Unsigned32),
-    ie("lumenTraced", Lumen, 8, Unsigned8),
-    ie("lumenObservationNode", Lumen, 9, String),
+    ie("flowStartMilliseconds", Iana, 152, Millis),
+    ie("flowEndMilliseconds", Iana, 153, Millis),
+    ie("sourceIPv4Address", Iana, 8, Ipv4),
+    ie("destinationIPv4Address", Iana, 12, Ipv4),
+    ie("sourceTransportPort", Iana, 7, U16),
+    ie("destinationTransportPort", Iana, 11, U16),
+    ie("protocolIdentifier", Iana, 4, U8),
+    ie("icmpTypeCodeIPv4", Iana, 32, U16),
+    ie("packetTotalCount", Iana, 86, U64),
+    ie("octetTotalCount", Iana, 85, U64),
+    ie("packetDeltaCount", Iana, 2, U64),
+    ie("octetDeltaCount", Iana, 1, U64),
+    ie("tcpControlBits", Iana, 6, U16In1),
+    ie("flowEndReason", Iana, 136, U8),
+    ie("lumenVerdict", Lumen, 1, U8),
+    ie("lumenDropReason", Lumen, 2, U8),
+    ie("lumenTag", Lumen, 3, U32),
+    ie("lumenCorrelationId", Lumen, 4, U64),
+    ie("lumenCommunityId", Lumen, 5, Str),
+    ie("lumenSourceIdentity", Lumen, 6, U32),
+    ie("lumenDestinationIdentity", Lumen, 7, U32),
+    ie("lumenTraced", Lumen, 8, U8),
+    ie("lumenObservationNode", Lumen, 9, Str),
+    ie("sourcePodNamespace", Antrea, 100, Str),
+    ie("sourcePodName", Antrea, 101, Str),
+    ie("destinationPodNamespace", Antrea, 102, Str),
+    ie("destinationPodName", Antrea, 103, Str),
+    ie("sourceNodeName", Antrea, 104, Str),
+    ie("destinationNodeName", Antrea, 105, Str),
+    ie("sourcePodLabels", Antrea, 143, Str),
+    ie("destinationPodLabels", Antrea, 144, Str),
+    ie("flowType", Antrea, 137, U8),
+    ie("ingressNetworkPolicyName", Antrea, 110, Str),
+    ie("ingressNetworkPolicyNamespace", Antrea, 111, Str),
+    ie("ingressNetworkPolicyType", Antrea, 115, U8),
+    ie("ingressNetworkPolicyRuleName", Antrea, 141, Str),
+    ie("ingressNetworkPolicyRuleAction", Antrea, 139, U8),
+    ie("egressNetworkPolicyName", Antrea, 112, Str),
+    ie("egressNetworkPolicyNamespace", Antrea, 113, Str),
+    ie("egressNetworkPolicyType", Antrea, 118, U8),
+    ie("egressNetworkPolicyRuleName", Antrea, 142, Str),
+    ie("egressNetworkPolicyRuleAction", Antrea, 140, U8),
+    ie("reversePacketTotalCount", Reverse, 86, U64),
+    ie("reverseOctetTotalCount", Reverse, 85, U64),
+    ie("reversePacketDeltaCount", Reverse, 2, U64),
+    ie("reverseOctetDeltaCount", Reverse, 1, U64),
+    ie("reverseTcpControlBits", Reverse, 6, U16In1),
 ];
 
 /// The Exporting Process Reliability Statistics options template (id 257): RFC 7011
@@ -167,15 +177,15 @@ pub const FLOW_TEMPLATE: &[Ie] = &[
 /// first and the last record were dropped, as a pair of `observationTimeMilliseconds`)
 /// plus the exported totals of §4.1.
 pub const STATS_TEMPLATE: &[Ie] = &[
-    ie("exportingProcessId", Iana, 144, Unsigned32),
-    ie("notSentFlowTotalCount", Iana, 166, Unsigned64),
-    ie("notSentPacketTotalCount", Iana, 167, Unsigned64),
-    ie("notSentOctetTotalCount", Iana, 168, Unsigned64),
-    ie("observationTimeMilliseconds", Iana, 323, DateTimeMilliseconds),
-    ie("observationTimeMilliseconds", Iana, 323, DateTimeMilliseconds),
-    ie("exportedMessageTotalCount", Iana, 41, Unsigned64),
-    ie("exportedFlowRecordTotalCount", Iana, 42, Unsigned64),
-    ie("exportedOctetTotalCount", Iana, 40, Unsigned64),
+    ie("exportingProcessId", Iana, 144, U32),
+    ie("notSentFlowTotalCount", Iana, 166, U64),
+    ie("notSentPacketTotalCount", Iana, 167, U64),
+    ie("notSentOctetTotalCount", Iana, 168, U64),
+    ie("observationTimeMilliseconds", Iana, 323, Millis),
+    ie("observationTimeMilliseconds", Iana, 323, Millis),
+    ie("exportedMessageTotalCount", Iana, 41, U64),
+    ie("exportedFlowRecordTotalCount", Iana, 42, U64),
+    ie("exportedOctetTotalCount", Iana, 40, U64),
 ];
 
 #[cfg(test)]
@@ -204,7 +214,10 @@ mod tests {
                 rows.insert(name.to_string(), (id.to_string(), ty.to_string()));
             }
         }
-        for ie in FLOW_TEMPLATE.iter().filter(|ie| ie.registry == Registry::Antrea) {
+        for ie in FLOW_TEMPLATE
+            .iter()
+            .filter(|ie| ie.registry == Registry::Antrea)
+        {
             let (id, ty) = rows
                 .get(ie.name)
                 .unwrap_or_else(|| panic!("{} is not in Antrea's registry", ie.name));

@@ -67,7 +67,9 @@ impl OpenSet {
             // It fits, or it is alone: a record larger than a message goes in a
             // message of its own rather than being lost.
             self.add(packets, octets);
-            return Ok((self.buf.len() >= self.max_len).then(|| self.seal()).flatten());
+            return Ok((self.buf.len() >= self.max_len)
+                .then(|| self.seal())
+                .flatten());
         }
         // Too big for this set: seal the set without it and start the next with it.
         let mut next = Vec::with_capacity(self.max_len);
@@ -355,7 +357,10 @@ mod tests {
         assert_eq!(sealed.iter().map(|b| b.records).sum::<u32>(), 20);
         for b in &sealed {
             assert!(b.set.len() <= 1000, "{} bytes", b.set.len());
-            assert_eq!(usize::from(u16::from_be_bytes([b.set[2], b.set[3]])), b.set.len());
+            assert_eq!(
+                usize::from(u16::from_be_bytes([b.set[2], b.set[3]])),
+                b.set.len()
+            );
         }
         // Full sets leave less room than one more record.
         let record = {
@@ -374,7 +379,10 @@ mod tests {
         assert!(open.push(&full_flow()).expect("encode").is_none());
         let mut big = full_flow();
         big.source.pod = Some("p".repeat(700));
-        let first = open.push(&big).expect("encode").expect("sealed the small one");
+        let first = open
+            .push(&big)
+            .expect("encode")
+            .expect("sealed the small one");
         assert_eq!(first.records, 1);
         let second = open.seal().expect("the big one");
         assert_eq!(second.records, 1);

@@ -172,9 +172,11 @@ pub fn formatter(lumen_pen: u32) -> Formatter {
 
 fn record_type(data_type: DataType) -> DataRecordType {
     match data_type {
-        DataType::Unsigned8 | DataType::Unsigned16 | DataType::Unsigned32 | DataType::Unsigned64 => {
-            DataRecordType::UnsignedInt
-        }
+        DataType::Unsigned8
+        | DataType::Unsigned16
+        | DataType::Unsigned16In1
+        | DataType::Unsigned32
+        | DataType::Unsigned64 => DataRecordType::UnsignedInt,
         DataType::DateTimeMilliseconds => DataRecordType::DateTimeMilliseconds,
         DataType::Ipv4Address => DataRecordType::Ipv4Addr,
         DataType::String => DataRecordType::String,
@@ -298,9 +300,21 @@ pub fn reference_record(flow: &Flow) -> DataRecord {
     };
     let (src, dst) = (&flow.source, &flow.destination);
     let opt = |s: &Option<String>| Str(s.clone().unwrap_or_default());
-    let labels = |e: &FlowEndpoint| Str(if e.pod.is_some() { e.labels_json() } else { String::new() });
-    put("flowStartMilliseconds", DateTimeMilliseconds(flow.start_ns / 1_000_000));
-    put("flowEndMilliseconds", DateTimeMilliseconds(flow.end_ns / 1_000_000));
+    let labels = |e: &FlowEndpoint| {
+        Str(if e.pod.is_some() {
+            e.labels_json()
+        } else {
+            String::new()
+        })
+    };
+    put(
+        "flowStartMilliseconds",
+        DateTimeMilliseconds(flow.start_ns / 1_000_000),
+    );
+    put(
+        "flowEndMilliseconds",
+        DateTimeMilliseconds(flow.end_ns / 1_000_000),
+    );
     put("sourceIPv4Address", Ip(src.ip));
     put("destinationIPv4Address", Ip(dst.ip));
     put("sourceTransportPort", U16(src.port));
@@ -311,13 +325,16 @@ pub fn reference_record(flow: &Flow) -> DataRecord {
     put("octetDeltaCount", U64(flow.forward_delta.bytes));
     put("packetTotalCount", U64(flow.forward.packets));
     put("octetTotalCount", U64(flow.forward.bytes));
-    put("tcpControlBits", U16(flow.tcp_flags.0.into()));
-    put("flowEndReason", U8(flow.end_reason.map_or(2, EndReason::ipfix)));
+    put("tcpControlBits", U8(flow.tcp_flags.0));
+    put(
+        "flowEndReason",
+        U8(flow.end_reason.map_or(2, EndReason::ipfix)),
+    );
     put("reversePacketDeltaCount", U64(flow.reverse_delta.packets));
     put("reverseOctetDeltaCount", U64(flow.reverse_delta.bytes));
     put("reversePacketTotalCount", U64(flow.reverse.packets));
     put("reverseOctetTotalCount", U64(flow.reverse.bytes));
-    put("reverseTcpControlBits", U16(flow.reverse_tcp_flags.0.into()));
+    put("reverseTcpControlBits", U8(flow.reverse_tcp_flags.0));
     put("sourcePodNamespace", opt(&src.namespace));
     put("sourcePodName", opt(&src.pod));
     put("destinationPodNamespace", opt(&dst.namespace));
@@ -333,7 +350,10 @@ pub fn reference_record(flow: &Flow) -> DataRecord {
     ] {
         let p = policy.as_ref();
         put(names[0], Str(p.map(|p| p.name.clone()).unwrap_or_default()));
-        put(names[1], Str(p.map(|p| p.namespace.clone()).unwrap_or_default()));
+        put(
+            names[1],
+            Str(p.map(|p| p.namespace.clone()).unwrap_or_default()),
+        );
         put(names[2], U8(u8::from(p.is_some())));
         put(names[3], Str(p.map(|p| p.rule.clone()).unwrap_or_default()));
         let action = p.map_or(0, |p| match p.action {
@@ -347,7 +367,10 @@ pub fn reference_record(flow: &Flow) -> DataRecord {
         Verdict::Dropped => 2,
     };
     put("lumenVerdict", U8(verdict));
-    put("lumenDropReason", U8(flow.drop_reason.map_or(0, DropReason::code)));
+    put(
+        "lumenDropReason",
+        U8(flow.drop_reason.map_or(0, DropReason::code)),
+    );
     put("lumenTag", U32(flow.tag.unwrap_or(0)));
     put(
         "lumenCorrelationId",
@@ -399,7 +422,11 @@ impl ReferenceEncoder {
     }
 
     /// One message with both templates, as `encode::write_template_message` writes it.
-    pub fn write_template_message(&self, out: &mut Vec<u8>, header: Header) -> Result<(), ReferenceError> {
+    pub fn write_template_message(
+        &self,
+        out: &mut Vec<u8>,
+        header: Header,
+    ) -> Result<(), ReferenceError> {
         let sets = vec![
             Set {
                 records: Records::Template(vec![flow_template_record(self.lumen_pen)]),
@@ -411,7 +438,12 @@ impl ReferenceEncoder {
         self.write(out, header, sets)
     }
 
-    fn write(&self, out: &mut Vec<u8>, header: Header, sets: Vec<Set>) -> Result<(), ReferenceError> {
+    fn write(
+        &self,
+        out: &mut Vec<u8>,
+        header: Header,
+        sets: Vec<Set>,
+    ) -> Result<(), ReferenceError> {
         let message = Message {
             export_time: header.export_time,
             sequence_number: header.sequence_number,
@@ -422,7 +454,10 @@ impl ReferenceEncoder {
         // message needs a stream of its own that starts at 0.
         let mut cursor = Cursor::new(Vec::new());
         message
-            .write_args(&mut cursor, (self.templates.clone(), self.formatter.clone(), 1))
+            .write_args(
+                &mut cursor,
+                (self.templates.clone(), self.formatter.clone(), 1),
+            )
             .map_err(|e| ReferenceError::Encode(e.to_string()))?;
         out.extend_from_slice(&cursor.into_inner());
         Ok(())

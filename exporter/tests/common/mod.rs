@@ -1,6 +1,8 @@
 //! Helpers shared by the exporter's integration tests: loopback collectors that
 //! collect raw messages, and polling.
 
+#![allow(dead_code, reason = "each test crate uses part of these helpers")]
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -51,7 +53,10 @@ impl UdpCollector {
     /// The next datagram, if one comes within `wait`.
     pub async fn recv(&self, wait: Duration) -> Option<Vec<u8>> {
         let mut buf = vec![0; 65536];
-        let (n, _) = timeout(wait, self.socket.recv_from(&mut buf)).await.ok()?.ok()?;
+        let (n, _) = timeout(wait, self.socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
         buf.truncate(n);
         Some(buf)
     }
@@ -62,9 +67,10 @@ impl UdpCollector {
         let mut got = Vec::new();
         while !done(&got) {
             let left = deadline.saturating_duration_since(Instant::now());
-            let msg = self.recv(left).await.unwrap_or_else(|| {
-                panic!("timed out after {} datagrams", got.len())
-            });
+            let msg = self
+                .recv(left)
+                .await
+                .unwrap_or_else(|| panic!("timed out after {} datagrams", got.len()));
             got.push(msg);
         }
         got
@@ -117,10 +123,14 @@ impl TcpSession {
 
 pub async fn listen(port: u16) -> TcpListener {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    TcpListener::bind(addr).await.expect("bind the collector's port")
+    TcpListener::bind(addr)
+        .await
+        .expect("bind the collector's port")
 }
 
 /// Run `f` with a deadline.
 pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+    timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
 }

@@ -1,7 +1,10 @@
 //! The datapath benchmark: pod → pod across two nodes, Lumen (a two-node lab)
 //! against a flannel-style overlay and a direct veth pair built in the same run.
-//! Every run measures each setup in turn (iperf3 single stream, then RR), so drift
-//! on the machine hits all three alike; the report gives medians over runs.
+//! With `--observability both` there are two Lumen labs, one tracking every flow
+//! and exporting IPFIX to the lab's collector and one with flow tracking off, so
+//! the observability tax is measured in the same run. Every run measures each
+//! setup in turn (iperf3 single stream, then RR), so drift on the machine hits all
+//! alike; the report gives medians over runs.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -18,16 +21,31 @@ use super::{iperf, rr};
 
 /// The lab's name: distinct from the demo's and the tests', so it never collides.
 const LAB_NAME: &str = "bench";
+const LAB_OFF_NAME: &str = "bench-off";
 const RR_PORT: u16 = 7000;
 /// Lumen's throughput must beat flannel's by this factor.
 const STREAM_TARGET: f64 = 1.05;
 /// Lumen's transactions per second must beat flannel's by this factor.
 const RR_TARGET: f64 = 1.10;
+/// Observability on must keep this share of throughput and transactions.
+const TAX_TARGET: f64 = 0.97;
+
+/// Which Lumen datapaths to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Observability {
+    /// Flow table, pipeline and IPFIX export on.
+    On,
+    /// Flow tracking off in the datapath, no export.
+    Off,
+    /// Both, and the ratio between them (the observability tax).
+    Both,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub runs: u32,
     pub seconds: u64,
+    pub observability: Observability,
 }
 
 /// One pod-to-pod path: client namespace, server namespace, server address.
@@ -67,10 +85,16 @@ pub fn run(options: Options) -> Result<()> {
         options.seconds,
         bin_dir.display()
     );
-    let lab = lumen_lab(bin_dir)?;
+    let mut labs = Vec::new();
+    if options.observability != Observability::Off {
+        labs.push(("lumen", lumen_lab(LAB_NAME, bin_dir.clone(), true)?));
+    }
+    if options.observability != Observability::On {
+        labs.push(("lumen (no obs)", lumen_lab(LAB_OFF_NAME, bin_dir, false)?));
+    }
     let flannel = Flannel::up()?;
     let direct = DirectVeth::up()?;
-    let targets = targets(&lab, &flannel, &direct)?;
+    let targets = targets(&labs, &flannel, &direct)?;
     // Declared after the setups, so the servers stop before their namespaces go.
     let _servers = targets
         .iter()
@@ -100,16 +124,26 @@ pub fn run(options: Options) -> Result<()> {
     }
     let figures: Vec<Figures> = samples.iter().map(Samples::medians).collect();
     print_report(&targets, &figures);
+    if options.observability == Observability::Both {
+        print_tax(&figures[0], &figures[1]);
+    }
     Ok(())
 }
 
 /// A fresh two-node lab with one pod per node; one left by a killed run goes first.
-fn lumen_lab(bin_dir: PathBuf) -> Result<LabGuard> {
+/// With `observe`, every flow is tracked and exported to the lab's collector.
+fn lumen_lab(name: &str, bin_dir: PathBuf, observe: bool) -> Result<LabGuard> {
     let config = LabConfig {
-        name: LAB_NAME.to_owned(),
+        name: name.to_owned(),
         nodes: 2,
         pods_per_node: 1,
         bin_dir,
+        collector: observe,
+        agent_args: if observe {
+            Vec::new()
+        } else {
+            vec!["--observability=off".to_owned()]
+        },
         ..LabConfig::default()
     };
     lumen_lab::down(&config.name, &config.state_root)?;
@@ -117,16 +151,26 @@ fn lumen_lab(bin_dir: PathBuf) -> Result<LabGuard> {
 }
 
 /// Lumen first: the ratios are Lumen over each baseline.
-fn targets(lab: &Lab, flannel: &Flannel, direct: &DirectVeth) -> Result<Vec<Target>> {
+fn targets(
+    labs: &[(&'static str, LabGuard)],
+    flannel: &Flannel,
+    direct: &DirectVeth,
+) -> Result<Vec<Target>> {
     let (pod1, pod2) = ("pod-1-1", "pod-2-1");
     let [(flannel_src, _), (flannel_dst, flannel_ip)] = flannel.pods();
-    Ok(vec![
-        Target {
-            name: "lumen",
-            src: lab.require_netns(pod1)?,
-            dst: lab.require_netns(pod2)?,
-            dst_ip: lab.require_address(pod2)?,
-        },
+    let mut targets = labs
+        .iter()
+        .map(|(name, guard)| {
+            let lab: &Lab = guard.lab();
+            Ok(Target {
+                name,
+                src: lab.require_netns(pod1)?,
+                dst: lab.require_netns(pod2)?,
+                dst_ip: lab.require_address(pod2)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    targets.extend([
         Target {
             name: "flannel",
             src: flannel_src.to_owned(),
@@ -139,7 +183,32 @@ fn targets(lab: &Lab, flannel: &Flannel, direct: &DirectVeth) -> Result<Vec<Targ
             dst: direct.b().to_owned(),
             dst_ip: DirectVeth::B_IP,
         },
-    ])
+    ]);
+    Ok(targets)
+}
+
+/// Observability on over off: what tracking, the pipeline and export cost.
+fn print_tax(on: &Figures, off: &Figures) {
+    let r = on.ratios(off);
+    println!(
+        "{:<20} {:>13.2}x {:>11.2}x {:>11.2}x {:>11.2}x",
+        "obs on / off", r.gbps, r.rr_per_second, r.rr_p50_us, r.rr_p99_us
+    );
+    print_verdicts(&[
+        Verdict::new(
+            format!("observability tax: stream on/off >= {TAX_TARGET:.2}"),
+            r.gbps >= TAX_TARGET,
+            format!("{:.2}x: {:.2} vs {:.2} Gbit/s", r.gbps, on.gbps, off.gbps),
+        ),
+        Verdict::new(
+            format!("observability tax: RR on/off >= {TAX_TARGET:.2}"),
+            r.rr_per_second >= TAX_TARGET,
+            format!(
+                "{:.2}x: {:.0} vs {:.0} transactions/s",
+                r.rr_per_second, on.rr_per_second, off.rr_per_second
+            ),
+        ),
+    ]);
 }
 
 fn print_report(targets: &[Target], figures: &[Figures]) {
@@ -168,7 +237,13 @@ fn print_report(targets: &[Target], figures: &[Figures]) {
             r.rr_p99_us
         );
     }
-    let Some(flannel) = baselines.first() else {
+    let Some(flannel) = targets
+        .iter()
+        .skip(1)
+        .zip(baselines)
+        .find(|(t, _)| t.name == "flannel")
+        .map(|(_, f)| f)
+    else {
         return;
     };
     let r = lumen.ratios(flannel);

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use lumen_tests::bench::{bpf, cni, datapath, rr};
+use lumen_tests::bench::{bpf, cni, datapath, export, memory, rr};
 
 #[derive(Debug, Parser)]
 #[command(about = "Lumen benchmarks: each figure next to its baseline, then a verdict per target")]
@@ -28,6 +28,9 @@ enum Bench {
         /// Length of each throughput and RR test.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Lumen with flow tracking and export on, off, or both (the tax, same run).
+        #[arg(long, value_enum, default_value = "both")]
+        observability: datapath::Observability,
     },
     /// CNI ADD/DEL latency: Lumen vs the reference bridge + host-local plugins.
     Cni {
@@ -37,6 +40,11 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         concurrency: usize,
     },
+    /// Agent RSS and kernel flow-table memory with many active flows.
+    Memory {
+        #[arg(long, default_value_t = 100_000)]
+        flows: u32,
+    },
     /// Per-packet cost of each BPF program (BPF_PROG_TEST_RUN).
     Bpf {
         #[arg(long, default_value_t = 5)]
@@ -44,6 +52,15 @@ enum Bench {
         /// Iterations per measurement.
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
+    },
+    /// IPFIX records encoded and sent per CPU-second to a UDP sink on loopback:
+    /// Lumen's encoder and exporter vs ipfixrw's writer.
+    Export {
+        /// Records per run for Lumen's senders (ipfixrw gets a tenth).
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// RR echo server inside a namespace (used by `datapath`).
     #[command(hide = true)]
@@ -79,9 +96,19 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<()> {
     match args.bench {
-        Bench::Datapath { runs, seconds } => datapath::run(datapath::Options { runs, seconds }),
+        Bench::Datapath {
+            runs,
+            seconds,
+            observability,
+        } => datapath::run(datapath::Options {
+            runs,
+            seconds,
+            observability,
+        }),
         Bench::Cni { pods, concurrency } => cni::run(cni::Options { pods, concurrency }),
+        Bench::Memory { flows } => memory::run(memory::Options { flows }),
         Bench::Bpf { runs, repeat } => bpf::run(bpf::Options { runs, repeat }),
+        Bench::Export { records, runs } => export::run(export::Options { records, runs }),
         Bench::RrServer { netns, port } => rr::serve(&netns, port),
         Bench::RrClient {
             netns,

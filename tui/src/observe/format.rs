@@ -157,7 +157,9 @@ fn verdict(flow: &Flow) -> (String, Paint) {
                 .flatten()
                 .find(|p| p.action == RuleAction::Drop);
             let text = match (flow.drop_reason, denied_by) {
-                (Some(reason), Some(p)) => format!("DROPPED ({} {})", wire_name(&reason), policy(p)),
+                (Some(reason), Some(p)) => {
+                    format!("DROPPED ({} {})", wire_name(&reason), policy(p))
+                }
                 (Some(reason), None) => format!("DROPPED ({})", wire_name(&reason)),
                 (None, _) => "DROPPED".to_owned(),
             };
@@ -617,7 +619,10 @@ pub(crate) mod tests {
     #[test]
     fn colour_marks_only_the_verdict() {
         let forwarded = compact(&ev(tcp_flow("node-1", T0)), true);
-        assert!(forwarded.contains(" \x1b[32mFORWARDED\x1b[0m "), "{forwarded:?}");
+        assert!(
+            forwarded.contains(" \x1b[32mFORWARDED\x1b[0m "),
+            "{forwarded:?}"
+        );
         let dropped = compact(&ev(dropped_flow()), true);
         assert!(
             dropped.contains(" \x1b[31mDROPPED (POLICY shop/web-from-frontend)\x1b[0m "),
@@ -662,7 +667,10 @@ pub(crate) mod tests {
             }),
             ..dropped_flow()
         };
-        assert_eq!(verdict(&flow).0, "DROPPED (POLICY shop/deny-web ingress[1])");
+        assert_eq!(
+            verdict(&flow).0,
+            "DROPPED (POLICY shop/deny-web ingress[1])"
+        );
     }
 
     #[test]
@@ -713,7 +721,11 @@ pub(crate) mod tests {
         let lines = vec![line(ev(tcp_flow("node-1", T0))), line(ev(dropped_flow()))];
         let plain = render_all(Output::Table, false, &lines);
         let coloured = render_all(Output::Table, true, &lines);
-        assert!(coloured[1].contains("\x1b[32mFORWARDED\x1b[0m "), "{:?}", coloured[1]);
+        assert!(
+            coloured[1].contains("\x1b[32mFORWARDED\x1b[0m "),
+            "{:?}",
+            coloured[1]
+        );
         let stripped: Vec<String> = coloured
             .iter()
             .map(|l| {
@@ -744,13 +756,19 @@ pub(crate) mod tests {
     fn streaming_table_prints_the_header_first_and_widens_later_rows() {
         let mut streaming = Streaming::new(Output::Table, false);
         let header = streaming.start().unwrap();
-        assert!(header.starts_with("TIME                 NODE      SOURCE"), "{header}");
+        assert!(
+            header.starts_with("TIME                 NODE      SOURCE"),
+            "{header}"
+        );
         let first = streaming.line(&line(ev(tcp_flow("node-1", T0))));
         assert_eq!(first.find("default/pod-1-1"), header.find("SOURCE"));
         assert_eq!(first.find("FORWARDED"), header.find("VERDICT"));
         let long_node = streaming.line(&line(ev(tcp_flow("node-with-a-long-name", T0))));
         let next = streaming.line(&line(ev(tcp_flow("node-1", T0))));
-        assert_eq!(long_node.find("default/pod-1-1"), next.find("default/pod-1-1"));
+        assert_eq!(
+            long_node.find("default/pod-1-1"),
+            next.find("default/pod-1-1")
+        );
         assert!(Streaming::new(Output::Compact, false).start().is_none());
     }
 }

@@ -66,8 +66,10 @@ pub struct ObserveArgs {
     /// Keep printing new records as they come
     #[arg(short = 'f', long)]
     follow: bool,
+    /// How to print records
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
+    /// Colour the verdicts
     #[arg(long, value_enum, default_value_t)]
     color: ColorChoice,
     /// One agent's API socket, instead of a lab's agents
@@ -354,11 +356,23 @@ mod tests {
     #[test]
     fn bad_flags_fail_before_any_request() {
         for (args, message) in [
-            (&["--port", "http"][..], "port: \"http\" is not a valid port number"),
-            (&["--verdict", "LOST"], "verdict: \"LOST\" is not a valid verdict"),
-            (&["--protocol", "tcpx"], "protocol: \"tcpx\" is not a valid protocol"),
+            (
+                &["--port", "http"][..],
+                "port: \"http\" is not a valid port number",
+            ),
+            (
+                &["--verdict", "LOST"],
+                "verdict: \"LOST\" is not a valid verdict",
+            ),
+            (
+                &["--protocol", "tcpx"],
+                "protocol: \"tcpx\" is not a valid protocol",
+            ),
             (&["--from-pod", "/x"], "pod: \"/x\" is not a valid pod"),
-            (&["--since", "yesterday"], "--since \"yesterday\" is neither"),
+            (
+                &["--since", "yesterday"],
+                "--since \"yesterday\" is neither",
+            ),
         ] {
             let err = query(args).unwrap_err();
             let text = match &err {
@@ -426,6 +440,9 @@ mod tests {
             unknown.to_string(),
             "lab t1 has no node node-9 (its nodes: node-1, node-2, node-3)"
         );
-        assert!(matches!(missing, ObserveError::Lab(LabError::NotUp { .. })), "{missing}");
+        assert!(
+            matches!(missing, ObserveError::Lab(LabError::NotUp { .. })),
+            "{missing}"
+        );
     }
 }

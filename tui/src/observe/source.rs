@@ -92,11 +92,7 @@ pub fn merge(answers: Vec<Answer>, last: Option<usize>) -> Merged {
 }
 
 /// Ask every agent at once (one thread each) and merge their answers.
-pub fn query_all(
-    agents: &[Agent],
-    query: &lumen_api::FlowQuery,
-    last: Option<usize>,
-) -> Merged {
+pub fn query_all(agents: &[Agent], query: &lumen_api::FlowQuery, last: Option<usize>) -> Merged {
     let answers = std::thread::scope(|scope| {
         let handles: Vec<_> = agents
             .iter()
@@ -120,7 +116,9 @@ pub enum Update {
     Line(FlowLine),
     Problem(Problem),
     /// An agent's stream ended (or never opened: `answered` false).
-    Ended { answered: bool },
+    Ended {
+        answered: bool,
+    },
 }
 
 /// Follow every source on a thread of its own; updates arrive on the receiver
@@ -206,11 +204,19 @@ mod tests {
         let answers = vec![
             collect(
                 "node-1",
-                ok_stream(vec![line("node-1", 10), line("node-1", 30), line("node-1", 50)]),
+                ok_stream(vec![
+                    line("node-1", 10),
+                    line("node-1", 30),
+                    line("node-1", 50),
+                ]),
             ),
             collect(
                 "node-2",
-                ok_stream(vec![line("node-2", 20), line("node-2", 30), line("node-2", 60)]),
+                ok_stream(vec![
+                    line("node-2", 20),
+                    line("node-2", 30),
+                    line("node-2", 60),
+                ]),
             ),
             collect("node-3", Err::<Vec<_>, _>(unreachable())),
         ];
@@ -231,8 +237,14 @@ mod tests {
         assert_eq!(all.problems[0].agent, "node-3");
 
         let answers = vec![
-            collect("node-1", ok_stream(vec![line("node-1", 10), line("node-1", 50)])),
-            collect("node-2", ok_stream(vec![line("node-2", 20), line("node-2", 60)])),
+            collect(
+                "node-1",
+                ok_stream(vec![line("node-1", 10), line("node-1", 50)]),
+            ),
+            collect(
+                "node-2",
+                ok_stream(vec![line("node-2", 20), line("node-2", 60)]),
+            ),
         ];
         let last = merge(answers, Some(3));
         assert_eq!(

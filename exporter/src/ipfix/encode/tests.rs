@@ -52,10 +52,22 @@ fn a_full_flow_round_trips_through_an_independent_decoder() {
         panic!("{} records", records.len())
     };
     let expected = [
-        ("flowStartMilliseconds", V::DateTimeMilliseconds(1_700_000_000_123)),
-        ("flowEndMilliseconds", V::DateTimeMilliseconds(1_700_000_005_987)),
-        ("sourceIPv4Address", V::Ipv4Addr(Ipv4Addr::new(10, 244, 1, 2))),
-        ("destinationIPv4Address", V::Ipv4Addr(Ipv4Addr::new(10, 244, 2, 3))),
+        (
+            "flowStartMilliseconds",
+            V::DateTimeMilliseconds(1_700_000_000_123),
+        ),
+        (
+            "flowEndMilliseconds",
+            V::DateTimeMilliseconds(1_700_000_005_987),
+        ),
+        (
+            "sourceIPv4Address",
+            V::Ipv4Addr(Ipv4Addr::new(10, 244, 1, 2)),
+        ),
+        (
+            "destinationIPv4Address",
+            V::Ipv4Addr(Ipv4Addr::new(10, 244, 2, 3)),
+        ),
         ("sourceTransportPort", V::U16(40000)),
         ("destinationTransportPort", V::U16(8080)),
         ("protocolIdentifier", V::U8(6)),
@@ -64,20 +76,23 @@ fn a_full_flow_round_trips_through_an_independent_decoder() {
         ("octetDeltaCount", V::U64(15_000)),
         ("packetTotalCount", V::U64(1000)),
         ("octetTotalCount", V::U64(1_500_000)),
-        ("tcpControlBits", V::U16(0x1b)),
+        ("tcpControlBits", V::U8(0x1b)),
         ("flowEndReason", V::U8(3)),
         ("reversePacketDeltaCount", V::U64(8)),
         ("reverseOctetDeltaCount", V::U64(640)),
         ("reversePacketTotalCount", V::U64(800)),
         ("reverseOctetTotalCount", V::U64(64_000)),
-        ("reverseTcpControlBits", V::U16(0x16)),
+        ("reverseTcpControlBits", V::U8(0x16)),
         ("sourcePodNamespace", s("shop")),
         ("sourcePodName", s("web-1")),
         ("destinationPodNamespace", s("store")),
         ("destinationPodName", s("db-0")),
         ("sourceNodeName", s("node-1")),
         ("destinationNodeName", s("node-2")),
-        ("sourcePodLabels", s(r#"{"app":"web","tier":"front \"end\""}"#)),
+        (
+            "sourcePodLabels",
+            s(r#"{"app":"web","tier":"front \"end\""}"#),
+        ),
         ("destinationPodLabels", s(r#"{"app":"db"}"#)),
         ("flowType", V::U8(2)),
         ("ingressNetworkPolicyName", s("db-ingress")),
@@ -100,11 +115,19 @@ fn a_full_flow_round_trips_through_an_independent_decoder() {
         ("lumenTraced", V::U8(1)),
         ("lumenObservationNode", s("node-1")),
     ];
-    assert_eq!(expected.len(), FLOW_TEMPLATE.len(), "every element is checked");
+    assert_eq!(
+        expected.len(),
+        FLOW_TEMPLATE.len(),
+        "every element is checked"
+    );
     for (name, want) in expected {
         assert_eq!(value(record, name), Some(&want), "{name}");
     }
-    assert_eq!(record.values.len(), FLOW_TEMPLATE.len(), "no unknown elements");
+    assert_eq!(
+        record.values.len(),
+        FLOW_TEMPLATE.len(),
+        "no unknown elements"
+    );
 }
 
 #[test]
@@ -114,7 +137,10 @@ fn a_sparse_flow_round_trips_with_empty_strings_and_zeroes() {
         panic!("{} records", records.len())
     };
     for (name, want) in [
-        ("sourceIPv4Address", V::Ipv4Addr(Ipv4Addr::new(192, 0, 2, 1))),
+        (
+            "sourceIPv4Address",
+            V::Ipv4Addr(Ipv4Addr::new(192, 0, 2, 1)),
+        ),
         ("destinationTransportPort", V::U16(0)),
         ("protocolIdentifier", V::U8(17)),
         ("icmpTypeCodeIPv4", V::U16(0)),
@@ -160,7 +186,9 @@ fn a_pod_without_labels_exports_an_empty_object() {
 fn ipfixrws_writer_produces_the_same_bytes() {
     let reference = ReferenceEncoder::new(DEFAULT_LUMEN_PEN);
     let mut theirs = Vec::new();
-    reference.write_template_message(&mut theirs, HEADER).expect("reference templates");
+    reference
+        .write_template_message(&mut theirs, HEADER)
+        .expect("reference templates");
     assert_eq!(templates(), theirs, "template message");
 
     let flows: Vec<Flow> = [full_flow(), sparse_flow()]
@@ -169,7 +197,9 @@ fn ipfixrws_writer_produces_the_same_bytes() {
         .collect();
     let refs: Vec<&Flow> = flows.iter().collect();
     let mut theirs = Vec::new();
-    reference.write_message(&mut theirs, HEADER, &refs).expect("reference data");
+    reference
+        .write_message(&mut theirs, HEADER, &refs)
+        .expect("reference data");
     assert_eq!(message(&refs), theirs, "data message");
 }
 
@@ -183,10 +213,28 @@ fn the_flow_template_declares_every_element_with_its_enterprise() {
     let fields = &flow_template[0].field_specifiers;
     assert_eq!(fields.len(), FLOW_TEMPLATE.len());
     assert_eq!(fields[0], FieldSpecifier::new(None, 152, 8));
-    assert_eq!(fields[14], FieldSpecifier::new(Some(29305), 2, 8));
-    assert_eq!(fields[19], FieldSpecifier::new(Some(56506), 100, 65535));
-    assert_eq!(fields[38], FieldSpecifier::new(Some(32473), 1, 1));
-    assert!(fields.iter().all(|f| f.enterprise_number != Some(56506) || f.information_element_identifier >= 100));
+    assert_eq!(fields[8], FieldSpecifier::new(None, 86, 8), "totals first");
+    assert_eq!(
+        fields[12],
+        FieldSpecifier::new(None, 6, 1),
+        "flags in one byte"
+    );
+    assert_eq!(
+        fields[14],
+        FieldSpecifier::new(Some(32473), 1, 1),
+        "Lumen's next"
+    );
+    assert_eq!(fields[23], FieldSpecifier::new(Some(56506), 100, 65535));
+    assert_eq!(
+        fields[42],
+        FieldSpecifier::new(Some(29305), 86, 8),
+        "reverse last"
+    );
+    assert!(
+        fields
+            .iter()
+            .all(|f| f.enterprise_number != Some(56506) || f.information_element_identifier >= 100)
+    );
 
     let options: Vec<_> = msg.iter_options_template_records().collect();
     assert_eq!(options.len(), 1);
@@ -206,10 +254,19 @@ fn lumens_elements_follow_the_configured_enterprise_number() {
     write_template_message(&mut out, HEADER, 4_242_424).expect("templates");
     let decoder = Decoder::new(4_242_424);
     let msg = decoder.decode(&out).expect("templates decode");
-    let fields = &msg.iter_template_records().next().expect("template").field_specifiers;
-    let lumen: Vec<_> = fields.iter().filter(|f| f.enterprise_number == Some(4_242_424)).collect();
+    let fields = &msg
+        .iter_template_records()
+        .next()
+        .expect("template")
+        .field_specifiers;
+    let lumen: Vec<_> = fields
+        .iter()
+        .filter(|f| f.enterprise_number == Some(4_242_424))
+        .collect();
     assert_eq!(lumen.len(), 9);
-    decoder.decode(&message(&[&full_flow()])).expect("data decodes");
+    decoder
+        .decode(&message(&[&full_flow()]))
+        .expect("data decodes");
     assert_eq!(
         write_template_message(&mut out, HEADER, 56506),
         Err(EncodeError::ReservedEnterprise {
@@ -250,7 +307,10 @@ fn the_statistics_record_decodes() {
         ("exportedFlowRecordTotalCount", V::U64(345)),
         ("exportedOctetTotalCount", V::U64(67_890)),
         // ipfixrw keys records by name, so of the pair it keeps the last.
-        ("observationTimeMilliseconds", V::DateTimeMilliseconds(1_700_000_009_999)),
+        (
+            "observationTimeMilliseconds",
+            V::DateTimeMilliseconds(1_700_000_009_999),
+        ),
     ] {
         assert_eq!(value(record, name), Some(&want), "{name}");
     }
@@ -264,12 +324,20 @@ fn the_statistics_record_decodes() {
 fn long_strings_use_the_three_octet_length() {
     let mut flow = full_flow();
     flow.source.pod = Some("p".repeat(300));
-    flow.destination.labels = (0..40).map(|i| (format!("key{i}"), "v".repeat(5))).collect();
+    flow.destination.labels = (0..40)
+        .map(|i| (format!("key{i}"), "v".repeat(5)))
+        .collect();
     let records = decode(&[&flow]);
-    assert_eq!(value(&records[0], "sourcePodName"), Some(&s(&"p".repeat(300))));
+    assert_eq!(
+        value(&records[0], "sourcePodName"),
+        Some(&s(&"p".repeat(300)))
+    );
     let labels = flow.destination.labels_json();
     assert!(labels.len() > 255);
-    assert_eq!(value(&records[0], "destinationPodLabels"), Some(&s(&labels)));
+    assert_eq!(
+        value(&records[0], "destinationPodLabels"),
+        Some(&s(&labels))
+    );
     // The same bytes as ipfixrw's writer, which implements the length rules itself.
     let mut theirs = Vec::new();
     ReferenceEncoder::new(DEFAULT_LUMEN_PEN)
@@ -298,7 +366,12 @@ fn over_long_strings_are_cut_at_a_character_boundary() {
         panic!("no labels")
     };
     assert!(labels.len() <= MAX_STRING_LEN && labels.len() > MAX_STRING_LEN - 3);
-    assert!(labels_flow.source.labels_json().starts_with(labels.as_str()));
+    assert!(
+        labels_flow
+            .source
+            .labels_json()
+            .starts_with(labels.as_str())
+    );
 }
 
 #[test]
@@ -339,7 +412,10 @@ fn messages_are_whole_sets_behind_a_header() {
     assert_eq!(out[0..2], [0, 10]);
     assert_eq!(usize::from(u16::from_be_bytes([out[2], out[3]])), out.len());
     assert_eq!(out[16..18], [1, 0], "set 256");
-    assert_eq!(usize::from(u16::from_be_bytes([out[18], out[19]])), out.len() - 16);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([out[18], out[19]])),
+        out.len() - 16
+    );
     let decoder = Decoder::new(DEFAULT_LUMEN_PEN);
     decoder.decode(&templates()).expect("templates");
     let msg = decoder.decode(&out).expect("decodes");
