@@ -83,9 +83,24 @@ fn observe_filters_and_formats_against_a_live_lab() {
     let lab = guard.lab();
     let ns = |pod: &str| lumen_lab::netio::netns::path_for(&lab.netns_of(pod).expect("netns"));
     let addr = |pod: &str| lab.address_of(pod).expect("address");
-    let (p11, p21, p12) = (addr("pod-1-1"), addr("pod-2-1"), addr("pod-1-2"));
+    let (p11, p21) = (addr("pod-1-1"), addr("pod-2-1"));
     let socket = |node: &str| lab.node(node).expect("node").socket.clone();
 
+    // The agents learn pod names from the manifests a moment after the lab is up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let port = in_netns(&ns("pod-1-1"), move || tcp_exchange(p21, 81));
+        let named = [socket("node-1"), socket("node-2")].iter().all(|s| {
+            wait_flows(s, &format!("port={port}"), Duration::from_secs(3), |fs| {
+                fs.iter().any(|f| f.destination.pod.is_some())
+            })
+            .iter()
+            .any(|f| f.destination.pod.is_some())
+        });
+        if named {
+            break;
+        }
+    }
     let tcp_port = in_netns(&ns("pod-1-1"), move || tcp_exchange(p21, 80));
     let udp_port = in_netns(&ns("pod-1-2"), move || udp_exchange(p11, 81));
     // Wait for the ended records on both nodes before asking the CLI.
@@ -327,7 +342,7 @@ fn observe_filters_and_formats_against_a_live_lab() {
     let stdout = child.stdout.take().expect("stdout");
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
-    let port = in_netns(&ns("pod-1-2"), move || tcp_exchange(p12, 80));
+    let port = in_netns(&ns("pod-1-2"), move || tcp_exchange(p21, 80));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
