@@ -77,6 +77,12 @@ struct Args {
     /// How often templates are re-sent over UDP.
     #[arg(long, default_value = "60s", value_parser = duration)]
     ipfix_template_refresh: Duration,
+    /// How often each collector gets the exporting process's reliability statistics.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    ipfix_stats_interval: Duration,
+    /// Records buffered per collector while it is unreachable; beyond, counted lost.
+    #[arg(long, default_value_t = lumen_exporter::IpfixConfig::default().max_buffered_records)]
+    ipfix_max_buffered: usize,
 }
 
 /// `250ms`, `15s`, `2m`.
@@ -147,6 +153,8 @@ fn run() -> anyhow::Result<()> {
             observation_domain_id: args.ipfix_domain,
             enterprise_number: args.ipfix_enterprise,
             template_refresh: args.ipfix_template_refresh,
+            stats_interval: args.ipfix_stats_interval,
+            max_buffered_records: args.ipfix_max_buffered,
             ..lumen_exporter::IpfixConfig::default()
         },
     };
