@@ -21,6 +21,8 @@ fn main() {
             "-Werror",
             "-target",
             "bpf",
+            // v3: 32-bit atomics (flow counters, TCP flags).
+            "-mcpu=v3",
             "-I/usr/include/x86_64-linux-gnu",
             "-c",
             "bpf/datapath.bpf.c",

@@ -131,12 +131,14 @@ static __always_inline void flow_track(struct __sk_buff *skb, struct pkt *p,
 	v = bpf_map_lookup_elem(&flows, &key);
 	if (!v) {
 		struct flow_value init = {};
+		__u32 src = obs->src_identity & SIDE_IDENTITY_MASK;
+		__u32 dst = obs->dst_identity & SIDE_IDENTITY_MASK;
 
-		init.first_ns = now;
+		init.first_us = (__u32)(now / 1000);
 		init.first_seq = p->proto == IPPROTO_TCP ? p->seq : bpf_ntohs(p->ip->id);
-		init.flags = side ? FLOW_F_SIDE1_FIRST : 0;
-		init.identity[0] = side ? obs->dst_identity : obs->src_identity;
-		init.identity[1] = side ? obs->src_identity : obs->dst_identity;
+		init.side[0] = side ? dst : src;
+		init.side[1] = side ? src : dst;
+		init.tag = side ? FLOW_F_SIDE1_FIRST : 0;
 		/* Another CPU may insert the same flow first: then use its entry. */
 		if (bpf_map_update_elem(&flows, &key, &init, BPF_NOEXIST) == 0)
 			count(CNT_FLOWS_CREATED);
@@ -146,27 +148,32 @@ static __always_inline void flow_track(struct __sk_buff *skb, struct pkt *p,
 			return;
 		}
 	}
+	/* Constant indexes only (see above). */
 	if (side) {
 		__sync_fetch_and_add(&v->packets[1], segs);
-		__sync_fetch_and_add(&v->bytes[1], bytes);
-		v->tcp_flags[1] |= p->tcp_flags;
-		if (obs->src_identity > IDENTITY_WORLD)
-			v->identity[1] = obs->src_identity;
+		__sync_fetch_and_add(&v->bytes[1], (__u32)bytes);
+		if (p->tcp_flags)
+			__sync_fetch_and_or(&v->side[1], (__u32)p->tcp_flags << SIDE_FLAGS_SHIFT);
 	} else {
 		__sync_fetch_and_add(&v->packets[0], segs);
-		__sync_fetch_and_add(&v->bytes[0], bytes);
-		v->tcp_flags[0] |= p->tcp_flags;
-		if (obs->src_identity > IDENTITY_WORLD)
-			v->identity[0] = obs->src_identity;
+		__sync_fetch_and_add(&v->bytes[0], (__u32)bytes);
+		if (p->tcp_flags)
+			__sync_fetch_and_or(&v->side[0], (__u32)p->tcp_flags << SIDE_FLAGS_SHIFT);
 	}
 	v->last_ns = now;
-	v->drop_reason = obs->drop;
-	if (obs->tag) {
-		v->tag = obs->tag;
-		v->flags |= FLOW_F_OVERLAY;
+	{
+		/* One store for VNI, flags and verdict; a concurrent update of the same
+		 * word on another CPU may win, which only loses a flag it also sets. */
+		__u32 tag = v->tag & (FLOW_F_SIDE1_FIRST | FLOW_F_TRACED | FLOW_F_OVERLAY | TAG_VNI_MASK);
+
+		if (obs->tag)
+			tag = (tag & ~TAG_VNI_MASK) | (obs->tag & TAG_VNI_MASK) | FLOW_F_OVERLAY;
+		if (obs->traced)
+			tag |= FLOW_F_TRACED;
+		tag |= ((__u32)obs->drop << TAG_DROP_SHIFT) & TAG_DROP_MASK;
+		if (tag != v->tag)
+			v->tag = tag;
 	}
-	if (obs->traced)
-		v->flags |= FLOW_F_TRACED;
 
 	if (obs->drop)
 		emit_event(skb, &key, v, EVENT_DROP, cfg, now);

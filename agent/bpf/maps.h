@@ -90,27 +90,33 @@ struct flow_key {
 	__u8 _pad[3];
 };
 
-/* flow_value.flags */
-#define FLOW_F_SIDE1_FIRST 1u /* side 1 sent the first packet seen */
-#define FLOW_F_TRACED 2u      /* a packet carried the trace bit */
-#define FLOW_F_OVERLAY 4u     /* packets crossed the overlay */
+/* flow_value.side[i]: the side's identity in the low bits, the TCP flags it sent on top. */
+#define SIDE_IDENTITY_MASK 0x00ffffffu
+#define SIDE_FLAGS_SHIFT 24
+
+/* flow_value.tag: the last VNI in the low bits, FLOW_F_* and the drop reason on top. */
+#define TAG_VNI_MASK 0x00ffffffu
+#define FLOW_F_SIDE1_FIRST (1u << 24) /* side 1 sent the first packet seen */
+#define FLOW_F_TRACED (1u << 25)      /* a packet carried the trace bit */
+#define FLOW_F_OVERLAY (1u << 26)     /* packets crossed the overlay */
+#define TAG_DROP_SHIFT 28             /* enum drop_reason of the last packet */
+#define TAG_DROP_MASK (0xfu << TAG_DROP_SHIFT)
 
 /*
- * What the datapath knows of a flow: 64 bytes, so key + value is 80 bytes and
- * the kernel's LRU element (48 bytes of its own) is exactly 128.
+ * What the datapath knows of a flow, in 48 bytes: with the 16-byte key and the
+ * kernel's own 48 bytes an LRU element is 112 bytes, and the hash table's bucket
+ * array adds 16 a slot: 128 bytes a flow. Counters are 32 bits and wrap; the agent
+ * reads the table every second or so and keeps 64-bit totals.
  */
 struct flow_value {
-	__u64 first_ns;       /* bpf_ktime_get_ns() of the first packet */
-	__u64 last_ns;
-	__u64 bytes[2];       /* IP bytes sent by side 0, by side 1 */
-	__u32 packets[2];     /* wraps; the agent reads more often than it can */
-	__u32 identity[2];    /* of side 0, of side 1 */
-	__u32 tag;            /* last VXLAN tag (VNI) set or seen, 0 none */
-	__u32 first_seq;      /* TCP: sequence number of the first packet; else its IPv4 id */
-	__u16 rule[2];        /* deciding policy rule, ingress and egress; 0 none */
-	__u8 tcp_flags[2];    /* seen from side 0, from side 1 */
-	__u8 drop_reason;     /* of the last packet: 0 forwarded */
-	__u8 flags;           /* FLOW_F_* */
+	__u64 last_ns;    /* bpf_ktime_get_ns() of the last packet */
+	__u32 first_us;   /* low 32 bits of the first packet's time in microseconds */
+	__u32 first_seq;  /* TCP: sequence number of the first packet; else its IPv4 id */
+	__u32 bytes[2];   /* IP bytes sent by side 0, by side 1 */
+	__u32 packets[2];
+	__u32 side[2];    /* identity | TCP flags << SIDE_FLAGS_SHIFT, per side */
+	__u32 tag;        /* VNI | FLOW_F_* | drop reason << TAG_DROP_SHIFT */
+	__u16 rule[2];    /* deciding policy rule, ingress and egress; 0 none */
 };
 
 /* Ring-buffer records: the flow as it was when its end (FIN/RST) or a drop was seen. */

@@ -138,6 +138,7 @@ pub fn create_node(underlay: &Underlay, node: &Node) -> Result<(), LabError> {
     let ns = node.netns.as_str();
     let peer = config::node_peer_ifname(node.index);
     add_netns(ns)?;
+    ipv4_only(ns)?;
     veth_into(&underlay.netns, &peer, ns)?;
     ip_in(
         &underlay.netns,
@@ -162,12 +163,17 @@ pub fn create_node(underlay: &Underlay, node: &Node) -> Result<(), LabError> {
 /// A pod's empty namespace, as a runtime creates it before calling CNI.
 pub fn create_pod(pod: &Pod) -> Result<(), LabError> {
     add_netns(&pod.netns)?;
-    // Lumen's lab is IPv4: no IPv6 router solicitations or MLD reports in the
-    // pods, so a pod's interface counters hold exactly the traffic it was given.
+    ipv4_only(&pod.netns)
+}
+
+/// Lumen's lab is IPv4: no IPv6 router solicitations or MLD reports from pods or
+/// the host ends of their veths (made later, so they inherit `default`), and a
+/// pod's interface counters hold exactly the traffic it was given.
+fn ipv4_only(netns: &str) -> Result<(), LabError> {
     run(Command::new("ip").args([
         "netns",
         "exec",
-        &pod.netns,
+        netns,
         "sysctl",
         "-q",
         "-w",

@@ -9,7 +9,9 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lumen_exporter::ipfix::test_util::{Decoder, flow_records, split_messages, stats_records, value};
+use lumen_exporter::ipfix::test_util::{
+    Decoder, flow_records, split_messages, stats_records, value,
+};
 use lumen_lab::netio::probe::{Proto, probe};
 use lumen_tests::harness::{self, flow_stats, in_netns};
 
@@ -40,7 +42,9 @@ impl Collector {
                     s.set_nonblocking(false).expect("blocking");
                     return s;
                 }
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 Err(e) => panic!("no exporter connected within {timeout:?}: {e}"),
             }
         }
@@ -49,7 +53,9 @@ impl Collector {
 
 /// Read from `stream` for `period`, returning every whole message.
 fn read_for(stream: &mut TcpStream, period: Duration) -> Vec<u8> {
-    stream.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let deadline = Instant::now() + period;
     let mut bytes = Vec::new();
     let mut buf = [0u8; 65536];
@@ -92,7 +98,11 @@ fn exporter_stats(socket: &Path) -> serde_json::Value {
     flow_stats(socket)["exporter"]["collectors"][0].clone()
 }
 
-fn wait_stats(socket: &Path, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_stats(
+    socket: &Path,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let s = exporter_stats(socket);
@@ -143,10 +153,17 @@ fn collector_down_killed_and_back_after_30s() {
     let messages = split_messages(&bytes).expect("whole messages");
     assert!(!messages.is_empty(), "nothing sent after connecting");
     let first = set_ids(messages[0]);
-    assert_eq!(first.first(), Some(&2), "a template set opens the session: {first:?}");
+    assert_eq!(
+        first.first(),
+        Some(&2),
+        "a template set opens the session: {first:?}"
+    );
     assert!(first.contains(&3), "the options template too: {first:?}");
     let decoder = Decoder::new(lumen_exporter::IpfixConfig::default().enterprise_number);
-    let decoded: Vec<_> = messages.iter().map(|m| decoder.decode(m).expect("decodes")).collect();
+    let decoded: Vec<_> = messages
+        .iter()
+        .map(|m| decoder.decode(m).expect("decodes"))
+        .collect();
     let records: usize = decoded.iter().map(|m| flow_records(m).len()).sum();
     assert!(records >= 2, "the buffered records arrive: {records}");
 
@@ -167,9 +184,18 @@ fn collector_down_killed_and_back_after_30s() {
     let mut conn = collector.accept(Duration::from_secs(15));
     let bytes = read_for(&mut conn, Duration::from_secs(3));
     let messages = split_messages(&bytes).expect("whole messages");
-    assert_eq!(set_ids(messages[0]).first(), Some(&2), "templates re-sent on reconnect");
     assert_eq!(
-        u32::from_be_bytes([messages[0][8], messages[0][9], messages[0][10], messages[0][11]]),
+        set_ids(messages[0]).first(),
+        Some(&2),
+        "templates re-sent on reconnect"
+    );
+    assert_eq!(
+        u32::from_be_bytes([
+            messages[0][8],
+            messages[0][9],
+            messages[0][10],
+            messages[0][11]
+        ]),
         0,
         "a new session starts its sequence numbers at 0"
     );
@@ -190,7 +216,10 @@ fn collector_down_killed_and_back_after_30s() {
         .expect("a statistics record");
     let s = exporter_stats(&socket);
     let lost = s["records_lost"].as_u64().expect("records_lost");
-    assert!(lost >= 1 && not_sent >= lost, "statistics record {not_sent} vs agent's state {lost}: {s}");
+    assert!(
+        lost >= 1 && not_sent >= lost,
+        "statistics record {not_sent} vs agent's state {lost}: {s}"
+    );
     assert!(s["reconnects"].as_u64() >= Some(1), "{s}");
     assert_eq!(s["connected"], true, "{s}");
     let health = lumen_api::client::Client::new(&socket, Duration::from_secs(2))

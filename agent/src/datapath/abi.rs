@@ -54,27 +54,65 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// `struct flow_value`: what the datapath accumulated for a flow.
+/// `struct flow_value`: what the datapath accumulated for a flow, packed into
+/// 48 bytes (see `maps.h`); the accessors unpack it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FlowValue {
-    pub first_ns: u64,
     pub last_ns: u64,
-    pub bytes: [u64; 2],
-    pub packets: [u32; 2],
-    pub identity: [u32; 2],
-    pub tag: u32,
+    pub first_us: u32,
     pub first_seq: u32,
+    pub bytes: [u32; 2],
+    pub packets: [u32; 2],
+    pub side: [u32; 2],
+    pub tag: u32,
     pub rule: [u16; 2],
-    pub tcp_flags: [u8; 2],
-    pub drop_reason: u8,
-    pub flags: u8,
 }
 
-/// `flow_value.flags`
-pub const FLOW_F_SIDE1_FIRST: u8 = 1;
-pub const FLOW_F_TRACED: u8 = 2;
-pub const FLOW_F_OVERLAY: u8 = 4;
+/// `flow_value.side`: identity below, TCP flags on top.
+pub const SIDE_IDENTITY_MASK: u32 = 0x00ff_ffff;
+pub const SIDE_FLAGS_SHIFT: u32 = 24;
+/// `flow_value.tag`: VNI below, flags and drop reason on top.
+pub const TAG_VNI_MASK: u32 = 0x00ff_ffff;
+pub const FLOW_F_SIDE1_FIRST: u32 = 1 << 24;
+pub const FLOW_F_TRACED: u32 = 1 << 25;
+pub const FLOW_F_OVERLAY: u32 = 1 << 26;
+pub const TAG_DROP_SHIFT: u32 = 28;
+
+impl FlowValue {
+    /// The identity of side `i` (0 or 1).
+    pub fn identity(&self, i: usize) -> u32 {
+        self.side[i] & SIDE_IDENTITY_MASK
+    }
+
+    /// The TCP flags side `i` sent.
+    pub fn tcp_flags(&self, i: usize) -> u8 {
+        (self.side[i] >> SIDE_FLAGS_SHIFT) as u8
+    }
+
+    /// The last VXLAN tag, 0 for none.
+    pub fn vni(&self) -> u32 {
+        self.tag & TAG_VNI_MASK
+    }
+
+    /// The drop reason of the last packet, 0 for forwarded.
+    pub fn drop_reason(&self) -> u8 {
+        (self.tag >> TAG_DROP_SHIFT) as u8
+    }
+
+    pub fn has(&self, flag: u32) -> bool {
+        self.tag & flag != 0
+    }
+
+    /// The first packet's time in monotonic nanoseconds: `first_us` keeps only 32
+    /// bits of microseconds, unwrapped here against `last_ns` (exact for flows
+    /// younger than 71 minutes when first read; the agent keeps the result).
+    pub fn first_ns(&self) -> u64 {
+        let last_us = self.last_ns / 1000;
+        let age_us = u64::from((last_us as u32).wrapping_sub(self.first_us));
+        last_us.saturating_sub(age_us) * 1000
+    }
+}
 
 /// `struct flow_event`: a ring-buffer record.
 #[repr(C)]
@@ -227,23 +265,16 @@ mod tests {
             ("flow_key.addr", offset_of!(FlowKey, addr), 8),
             ("flow_key.port", offset_of!(FlowKey, port), 4),
             ("flow_key.proto", offset_of!(FlowKey, proto), 1),
-            ("flow_value.first_ns", offset_of!(FlowValue, first_ns), 8),
             ("flow_value.last_ns", offset_of!(FlowValue, last_ns), 8),
-            ("flow_value.bytes", offset_of!(FlowValue, bytes), 16),
-            ("flow_value.packets", offset_of!(FlowValue, packets), 8),
-            ("flow_value.identity", offset_of!(FlowValue, identity), 8),
-            ("flow_value.tag", offset_of!(FlowValue, tag), 4),
+            ("flow_value.first_us", offset_of!(FlowValue, first_us), 4),
             ("flow_value.first_seq", offset_of!(FlowValue, first_seq), 4),
+            ("flow_value.bytes", offset_of!(FlowValue, bytes), 8),
+            ("flow_value.packets", offset_of!(FlowValue, packets), 8),
+            ("flow_value.side", offset_of!(FlowValue, side), 8),
+            ("flow_value.tag", offset_of!(FlowValue, tag), 4),
             ("flow_value.rule", offset_of!(FlowValue, rule), 4),
-            ("flow_value.tcp_flags", offset_of!(FlowValue, tcp_flags), 2),
-            (
-                "flow_value.drop_reason",
-                offset_of!(FlowValue, drop_reason),
-                1,
-            ),
-            ("flow_value.flags", offset_of!(FlowValue, flags), 1),
             ("flow_event.key", offset_of!(FlowEvent, key), 16),
-            ("flow_event.value", offset_of!(FlowEvent, value), 64),
+            ("flow_event.value", offset_of!(FlowEvent, value), 48),
             ("flow_event.kind", offset_of!(FlowEvent, kind), 4),
             ("flow_event.ifindex", offset_of!(FlowEvent, ifindex), 4),
             ("traffic.packets", offset_of!(Traffic, packets), 8),
@@ -290,6 +321,8 @@ mod tests {
         assert_eq!(consts["EVENT_END"], u64::from(EVENT_END));
         assert_eq!(consts["EVENT_DROP"], u64::from(EVENT_DROP));
         assert_eq!(consts["FLOW_F_SIDE1_FIRST"], u64::from(FLOW_F_SIDE1_FIRST));
+        assert_eq!(consts["SIDE_FLAGS_SHIFT"], u64::from(SIDE_FLAGS_SHIFT));
+        assert_eq!(consts["TAG_DROP_SHIFT"], u64::from(TAG_DROP_SHIFT));
         assert_eq!(consts["FLOW_F_TRACED"], u64::from(FLOW_F_TRACED));
         assert_eq!(consts["FLOW_F_OVERLAY"], u64::from(FLOW_F_OVERLAY));
         assert_eq!(consts["CFG_NO_FLOWS"], u64::from(CFG_NO_FLOWS));
@@ -302,10 +335,41 @@ mod tests {
         assert_eq!(index("flow_table_full"), Some(counter::FLOW_TABLE_FULL));
     }
 
-    /// Key + value is what each flow costs beyond the kernel's own 48-byte LRU
-    /// element header: 80 + 48 = 128 bytes a flow.
+    /// Key + value, plus the kernel's 48-byte LRU element header and 16-byte
+    /// bucket: 64 + 48 + 16 = 128 bytes a flow (`cargo xtask bench memory`
+    /// measures the kernel's own figure).
     #[test]
     fn flow_entry_fits_the_memory_budget() {
-        assert_eq!(size_of::<FlowKey>() + size_of::<FlowValue>(), 80);
+        assert_eq!(size_of::<FlowKey>() + size_of::<FlowValue>(), 64);
+    }
+}
+
+#[cfg(test)]
+mod unpack_tests {
+    use super::*;
+
+    #[test]
+    fn first_time_unwraps_against_the_last() {
+        let first_ns: u64 = 5_000_000_000_123_000;
+        let v = FlowValue {
+            last_ns: first_ns + 3_000_000_000,
+            first_us: (first_ns / 1000) as u32,
+            ..FlowValue::default()
+        };
+        assert_eq!(v.first_ns(), first_ns);
+    }
+
+    #[test]
+    fn packed_fields() {
+        let v = FlowValue {
+            side: [300 | 0x12 << 24, 2],
+            tag: 0x80_0101 | FLOW_F_OVERLAY | 1 << TAG_DROP_SHIFT,
+            ..FlowValue::default()
+        };
+        assert_eq!((v.identity(0), v.tcp_flags(0)), (300, 0x12));
+        assert_eq!((v.identity(1), v.tcp_flags(1)), (2, 0));
+        assert_eq!(v.vni(), 0x80_0101);
+        assert_eq!(v.drop_reason(), 1);
+        assert!(v.has(FLOW_F_OVERLAY) && !v.has(FLOW_F_TRACED));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lumen_api::flow::{Counters, EndReason};
 
-use super::decode::{Observed, Widened, decode};
+use super::decode::{Observed, Totals, Widened, decode};
 use crate::datapath::abi::{FlowKey, FlowValue};
 
 /// When flows get records.
@@ -45,36 +45,51 @@ pub struct Emitted {
 #[derive(Debug, Clone)]
 struct Tracked {
     value: FlowValue,
-    packets: Widened,
-    totals: [u64; 2],
+    widened: Widened,
+    totals: Totals,
+    /// Unwrapped once, at first sight (the kernel keeps 32 bits of it).
+    first_ns: u64,
     exported: (Counters, Counters),
     last_export: u64,
     last_snapshot: u64,
+    /// The drain that last saw the flow in the kernel table.
+    seen: u64,
 }
 
 impl Tracked {
     fn new(value: FlowValue, now: u64) -> Self {
-        let mut packets = Widened::default();
-        let totals = packets.update(value.packets);
+        let mut widened = Widened::default();
+        let totals = widened.update(&value);
         Self {
+            first_ns: value.first_ns(),
             value,
-            packets,
+            widened,
             totals,
             exported: (Counters::default(), Counters::default()),
             last_export: now,
             last_snapshot: 0,
+            seen: 0,
         }
     }
 
+    /// Take a newer reading. Counters decide what is newer: `last_ns` is written
+    /// by every CPU without ordering, so it may step back; keep its maximum.
     fn refresh(&mut self, value: FlowValue) {
-        if value.last_ns >= self.value.last_ns {
-            self.totals = self.packets.update(value.packets);
-            self.value = value;
+        if self.widened.is_behind(&value) {
+            return;
         }
+        self.totals = self.widened.update(&value);
+        let last_ns = self.value.last_ns.max(value.last_ns);
+        self.value = value;
+        self.value.last_ns = last_ns;
+    }
+
+    fn observed(&self, key: &FlowKey) -> Observed {
+        decode(key, &self.value, self.totals, self.first_ns)
     }
 
     fn emit(&mut self, key: &FlowKey, reason: Option<EndReason>) -> Emitted {
-        let observed = decode(key, &self.value, self.totals);
+        let observed = self.observed(key);
         let delta = |now: Counters, then: Counters| Counters {
             packets: now.packets.saturating_sub(then.packets),
             bytes: now.bytes.saturating_sub(then.bytes),
@@ -105,6 +120,8 @@ pub struct Drained {
 pub struct FlowCache {
     flows: HashMap<FlowKey, Tracked>,
     timeouts: Timeouts,
+    /// Counts drains; a flow not stamped with the current one has left the kernel.
+    generation: u64,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -116,6 +133,7 @@ impl FlowCache {
         Self {
             flows: HashMap::new(),
             timeouts,
+            generation: 0,
         }
     }
 
@@ -162,21 +180,22 @@ impl FlowCache {
         now: u64,
     ) -> Drained {
         let mut out = Drained::default();
-        let mut seen = std::collections::HashSet::with_capacity(self.flows.len());
+        self.generation += 1;
+        let generation = self.generation;
         for (key, value) in entries {
-            seen.insert(key);
             let mut fresh = false;
             let t = self.flows.entry(key).or_insert_with(|| {
                 fresh = true;
                 Tracked::new(value, now)
             });
             t.refresh(value);
+            t.seen = generation;
             if fresh {
                 t.last_snapshot = now;
                 out.records.push(t.emit(&key, None));
             }
             let idle_for = now.saturating_sub(t.value.last_ns);
-            let ended = decode(&key, &t.value, t.totals).ended();
+            let ended = t.observed(&key).ended();
             let reason = if ended && idle_for >= ns(self.timeouts.linger) {
                 Some(EndReason::EndOfFlow)
             } else if idle_for >= ns(self.timeouts.idle) {
@@ -200,13 +219,13 @@ impl FlowCache {
         // Known flows the kernel no longer has: evicted, or known only from an event.
         let gone: Vec<FlowKey> = self
             .flows
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .copied()
+            .iter()
+            .filter(|(_, t)| t.seen != generation)
+            .map(|(k, _)| *k)
             .collect();
         for key in gone {
             if let Some(mut t) = self.flows.remove(&key) {
-                let ended = decode(&key, &t.value, t.totals).ended();
+                let ended = t.observed(&key).ended();
                 let reason = if ended {
                     EndReason::EndOfFlow
                 } else {
@@ -247,11 +266,11 @@ mod tests {
 
     fn value(last: u64, packets: u32, flags: [u8; 2]) -> FlowValue {
         FlowValue {
-            first_ns: S,
+            first_us: (S / 1000) as u32,
             last_ns: last,
             packets: [packets, packets],
-            bytes: [u64::from(packets) * 100, u64::from(packets) * 60],
-            tcp_flags: flags,
+            bytes: [packets * 100, packets * 60],
+            side: flags.map(|f| u32::from(f) << 24),
             ..FlowValue::default()
         }
     }
@@ -316,6 +335,20 @@ mod tests {
         assert!(c.event(k, value(S, 2, [2, 0]), true, 3 * S + 10).is_some());
         let d = c.drain([], 4 * S);
         assert_eq!(reasons(&d), vec![Some(EndReason::LackOfResources)]);
+    }
+
+    #[test]
+    fn a_stale_snapshot_never_rolls_counters_back() {
+        let mut c = FlowCache::new(Timeouts::default());
+        let k = key(40004);
+        c.drain([(k, value(3 * S, 10, [0, 0]))], 3 * S);
+        // An event read after the table, from before it; and a table reading whose
+        // last_ns stepped back (another CPU wrote it later) but whose counters moved.
+        c.event(k, value(2 * S, 8, [0, 0]), false, 3 * S);
+        let d = c.drain([(k, value(3 * S - 5, 12, [0x11, 0x11]))], 9 * S);
+        assert_eq!(reasons(&d), vec![Some(EndReason::EndOfFlow)]);
+        assert_eq!(d.records[0].observed.forward.packets, 12);
+        assert_eq!(d.records[0].observed.last_mono, 3 * S);
     }
 
     #[test]

@@ -10,6 +10,13 @@ use lumen_api::flow::{Counters, DropReason, Protocol, TcpFlags};
 use super::community::community_id;
 use crate::datapath::abi::{FLOW_F_SIDE1_FIRST, FLOW_F_TRACED, FlowKey, FlowValue};
 
+/// 64-bit totals of a flow's 32-bit kernel counters, per side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
 /// One direction of a flow, as the datapath saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Side {
@@ -50,21 +57,32 @@ impl Observed {
     }
 }
 
-/// Packet counts wrap at 32 bits in the kernel; this keeps the 64-bit total.
+/// The kernel's counters wrap at 32 bits; this keeps 64-bit totals, as long as it
+/// reads them before any moves by 2^32 (seconds at 10 Gbit/s for bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Widened {
-    raw: [u32; 2],
-    total: [u64; 2],
+    raw: [[u32; 2]; 2],
+    totals: Totals,
 }
 
 impl Widened {
-    /// Advance by what the kernel counter moved since the last reading.
-    pub fn update(&mut self, raw: [u32; 2]) -> [u64; 2] {
+    /// Whether `value` is older than the last reading (a ring-buffer snapshot read
+    /// after the table): some counter would have to move backwards.
+    pub fn is_behind(&self, value: &FlowValue) -> bool {
+        (0..2).any(|i| {
+            value.packets[i].wrapping_sub(self.raw[0][i]) > u32::MAX / 2
+                || value.bytes[i].wrapping_sub(self.raw[1][i]) > u32::MAX / 2
+        })
+    }
+
+    /// Advance by what the kernel counters moved since the last reading.
+    pub fn update(&mut self, value: &FlowValue) -> Totals {
         for i in 0..2 {
-            self.total[i] += u64::from(raw[i].wrapping_sub(self.raw[i]));
+            self.totals.packets[i] += u64::from(value.packets[i].wrapping_sub(self.raw[0][i]));
+            self.totals.bytes[i] += u64::from(value.bytes[i].wrapping_sub(self.raw[1][i]));
         }
-        self.raw = raw;
-        self.total
+        self.raw = [value.packets, value.bytes];
+        self.totals
     }
 }
 
@@ -78,14 +96,14 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// Orient and widen a kernel entry. `packets` are the 64-bit totals per side.
-pub fn decode(key: &FlowKey, value: &FlowValue, packets: [u64; 2]) -> Observed {
-    let first = usize::from(value.flags & FLOW_F_SIDE1_FIRST != 0);
+/// Orient a kernel entry, with its widened `totals` and the first packet's time.
+pub fn decode(key: &FlowKey, value: &FlowValue, totals: Totals, first_ns: u64) -> Observed {
+    let first = usize::from(value.has(FLOW_F_SIDE1_FIRST));
     let (s, d) = (first, first ^ 1);
     let side = |i: usize| Side {
         ip: Ipv4Addr::from(key.addr[i].to_ne_bytes()),
         port: u16::from_be(key.port[i]),
-        identity: Identity(value.identity[i]),
+        identity: Identity(value.identity(i)),
     };
     let (mut source, mut destination) = (side(s), side(d));
     let protocol = Protocol(key.proto);
@@ -117,22 +135,22 @@ pub fn decode(key: &FlowKey, value: &FlowValue, packets: [u64; 2]) -> Observed {
         source,
         destination,
         protocol,
-        first_mono: value.first_ns,
+        first_mono: first_ns,
         last_mono: value.last_ns,
         forward: Counters {
-            packets: packets[s],
-            bytes: value.bytes[s],
+            packets: totals.packets[s],
+            bytes: totals.bytes[s],
         },
         reverse: Counters {
-            packets: packets[d],
-            bytes: value.bytes[d],
+            packets: totals.packets[d],
+            bytes: totals.bytes[d],
         },
-        tcp_flags: TcpFlags(value.tcp_flags[s]),
-        reverse_tcp_flags: TcpFlags(value.tcp_flags[d]),
+        tcp_flags: TcpFlags(value.tcp_flags(s)),
+        reverse_tcp_flags: TcpFlags(value.tcp_flags(d)),
         icmp_type_code,
-        drop_reason: DropReason::from_code(value.drop_reason),
-        tag: (value.tag != 0).then_some(value.tag),
-        traced: value.flags & FLOW_F_TRACED != 0,
+        drop_reason: DropReason::from_code(value.drop_reason()),
+        tag: (value.vni() != 0).then_some(value.vni()),
+        traced: value.has(FLOW_F_TRACED),
         correlation_id: format!("{correlation:016x}"),
     }
 }
@@ -158,14 +176,16 @@ mod tests {
     fn orients_from_the_side_that_sent_first() {
         let k = key([10, 244, 1, 2], 80, [10, 244, 2, 3], 40000, 6);
         let v = FlowValue {
-            bytes: [500, 100],
-            identity: [258, 515],
-            tcp_flags: [0x12, 0x02],
-            flags: FLOW_F_SIDE1_FIRST,
+            side: [258 | 0x12 << 24, 515 | 0x02 << 24],
+            tag: FLOW_F_SIDE1_FIRST,
             first_seq: 7,
             ..FlowValue::default()
         };
-        let o = decode(&k, &v, [4, 2]);
+        let totals = Totals {
+            packets: [4, 2],
+            bytes: [500, 100],
+        };
+        let o = decode(&k, &v, totals, 0);
         assert_eq!(o.source.ip, Ipv4Addr::new(10, 244, 2, 3));
         assert_eq!(o.source.port, 40000);
         assert_eq!(o.source.identity, Identity(515));
@@ -197,7 +217,7 @@ mod tests {
             ..FlowValue::default()
         };
         let other_node = FlowValue {
-            first_ns: 99,
+            last_ns: 99,
             bytes: [1, 2],
             first_seq: 1234,
             ..FlowValue::default()
@@ -206,7 +226,7 @@ mod tests {
             first_seq: 1235,
             ..FlowValue::default()
         };
-        let id = |v: &FlowValue| decode(&k, v, [0, 0]).correlation_id;
+        let id = |v: &FlowValue| decode(&k, v, Totals::default(), 0).correlation_id;
         assert_eq!(id(&v), id(&other_node));
         assert_ne!(id(&v), id(&again));
     }
@@ -214,7 +234,7 @@ mod tests {
     #[test]
     fn icmp_echo_is_typed_and_portless() {
         let k = key([10, 244, 1, 2], 77, [10, 244, 1, 3], 77, 1);
-        let o = decode(&k, &FlowValue::default(), [1, 1]);
+        let o = decode(&k, &FlowValue::default(), Totals::default(), 0);
         assert_eq!(o.icmp_type_code, Some(0x0800));
         assert_eq!((o.source.port, o.destination.port), (0, 0));
         assert!(o.community_id.starts_with("1:"));
@@ -223,7 +243,16 @@ mod tests {
     #[test]
     fn widening_survives_wraparound() {
         let mut w = Widened::default();
-        assert_eq!(w.update([u32::MAX, 3]), [u64::from(u32::MAX), 3]);
-        assert_eq!(w.update([2, 3]), [u64::from(u32::MAX) + 3, 3]);
+        let mut v = FlowValue {
+            packets: [u32::MAX, 3],
+            bytes: [u32::MAX - 1, 7],
+            ..FlowValue::default()
+        };
+        assert_eq!(w.update(&v).packets, [u64::from(u32::MAX), 3]);
+        v.packets = [2, 3];
+        v.bytes = [5, 7];
+        let t = w.update(&v);
+        assert_eq!(t.packets, [u64::from(u32::MAX) + 3, 3]);
+        assert_eq!(t.bytes, [u64::from(u32::MAX) + 6, 7]);
     }
 }

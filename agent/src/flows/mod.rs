@@ -22,7 +22,7 @@ use lumen_api::flow::{FlowEvent, FlowStats, LostEvents, LostSource};
 use tokio::sync::watch;
 
 use crate::cluster::ClusterState;
-use crate::datapath::abi::{EVENT_DROP, FlowEvent as RawEvent, FlowKey, counter};
+use crate::datapath::abi::{EVENT_DROP, FlowEvent as RawEvent, counter};
 use crate::datapath::{Datapath, FlowMaps};
 use cache::{Emitted, FlowCache, Timeouts};
 use enrich::{ClusterLookup, enrich};
@@ -214,7 +214,8 @@ impl Collector {
     }
 
     fn drain(&mut self, now: u64) {
-        let entries: Vec<(FlowKey, _)> = self.maps.table.iter().filter_map(Result::ok).collect();
+        // Streamed, not collected: 100,000 flows are 6 MB the agent need not hold.
+        let entries = self.maps.table.iter().filter_map(Result::ok);
         let drained = self.cache.drain(entries, now);
         for key in &drained.expired {
             // Already gone (evicted meanwhile) is fine.
