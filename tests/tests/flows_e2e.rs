@@ -64,7 +64,7 @@ fn offloads_off(netns: &str) {
     assert!(status.success(), "ethtool -K in {netns}");
 }
 
-fn the_flow<'a>(flows: &'a [Flow], port: u16, reason: Option<EndReason>) -> Option<&'a Flow> {
+fn the_flow(flows: &[Flow], port: u16, reason: Option<EndReason>) -> Option<&Flow> {
     flows
         .iter()
         .find(|f| f.source.port == port && f.end_reason == reason)

@@ -6,7 +6,7 @@
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lumen_exporter::ipfix::test_util::{
@@ -86,7 +86,7 @@ fn set_ids(message: &[u8]) -> Vec<u16> {
 }
 
 /// `n` short TCP exchanges pod-1-1 → pod-2-1: each ends and becomes a record.
-fn make_flows(client: &PathBuf, target: Ipv4Addr, n: usize) {
+fn make_flows(client: &Path, target: Ipv4Addr, n: usize) {
     in_netns(client, move || {
         for _ in 0..n {
             probe(target, Proto::Tcp, 80, Duration::from_secs(2)).expect("probe");

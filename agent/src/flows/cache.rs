@@ -107,14 +107,6 @@ impl Tracked {
     }
 }
 
-/// What one drain of the kernel table produced.
-#[derive(Debug, Default)]
-pub struct Drained {
-    pub records: Vec<Emitted>,
-    /// Ended flows whose kernel entries should go, to make room.
-    pub expired: Vec<FlowKey>,
-}
-
 /// Every flow the agent knows, keyed as the kernel keys them.
 #[derive(Debug, Default)]
 pub struct FlowCache {
@@ -173,13 +165,16 @@ impl FlowCache {
         None
     }
 
-    /// Compare the kernel table (every entry, read now) with what the cache knows.
+    /// Compare the kernel table (every entry, read now) with what the cache knows,
+    /// handing each record to `emit` as it is decided. Returns the ended flows
+    /// whose kernel entries should go, to make room.
     pub fn drain(
         &mut self,
         entries: impl IntoIterator<Item = (FlowKey, FlowValue)>,
         now: u64,
-    ) -> Drained {
-        let mut out = Drained::default();
+        mut emit: impl FnMut(Emitted),
+    ) -> Vec<FlowKey> {
+        let mut expired = Vec::new();
         self.generation += 1;
         let generation = self.generation;
         for (key, value) in entries {
@@ -192,7 +187,7 @@ impl FlowCache {
             t.seen = generation;
             if fresh {
                 t.last_snapshot = now;
-                out.records.push(t.emit(&key, None));
+                emit(t.emit(&key, None));
             }
             let idle_for = now.saturating_sub(t.value.last_ns);
             let ended = t.observed(&key).ended();
@@ -202,18 +197,17 @@ impl FlowCache {
                 Some(EndReason::IdleTimeout)
             } else if now.saturating_sub(t.last_export) >= ns(self.timeouts.active) {
                 t.last_export = now;
-                out.records
-                    .push(t.emit(&key, Some(EndReason::ActiveTimeout)));
+                emit(t.emit(&key, Some(EndReason::ActiveTimeout)));
                 None
             } else {
                 None
             };
             if let Some(reason) = reason {
-                out.records.push(t.emit(&key, Some(reason)));
-                out.expired.push(key);
+                emit(t.emit(&key, Some(reason)));
+                expired.push(key);
             }
         }
-        for key in &out.expired {
+        for key in &expired {
             self.flows.remove(key);
         }
         // Known flows the kernel no longer has: evicted, or known only from an event.
@@ -231,10 +225,10 @@ impl FlowCache {
                 } else {
                     EndReason::LackOfResources
                 };
-                out.records.push(t.emit(&key, Some(reason)));
+                emit(t.emit(&key, Some(reason)));
             }
         }
-        out
+        expired
     }
 
     /// Final records for every flow (the agent is stopping).
@@ -275,6 +269,33 @@ mod tests {
         }
     }
 
+    /// What one drain produced, collected.
+    #[derive(Debug, Default)]
+    struct Drained {
+        records: Vec<Emitted>,
+        expired: Vec<FlowKey>,
+    }
+
+    trait DrainAll {
+        fn drain_all(
+            &mut self,
+            entries: impl IntoIterator<Item = (FlowKey, FlowValue)>,
+            now: u64,
+        ) -> Drained;
+    }
+
+    impl DrainAll for FlowCache {
+        fn drain_all(
+            &mut self,
+            entries: impl IntoIterator<Item = (FlowKey, FlowValue)>,
+            now: u64,
+        ) -> Drained {
+            let mut records = Vec::new();
+            let expired = self.drain(entries, now, |e| records.push(e));
+            Drained { records, expired }
+        }
+    }
+
     fn reasons(d: &Drained) -> Vec<Option<EndReason>> {
         d.records.iter().map(|r| r.reason).collect()
     }
@@ -283,14 +304,14 @@ mod tests {
     fn lifecycle_of_a_long_flow() {
         let mut c = FlowCache::new(Timeouts::default());
         let k = key(40000);
-        let d = c.drain([(k, value(S, 1, [2, 0x12]))], S);
+        let d = c.drain_all([(k, value(S, 1, [2, 0x12]))], S);
         assert_eq!(reasons(&d), vec![None], "first sight is a snapshot");
-        let d = c.drain([(k, value(30 * S, 10, [0x1a, 0x12]))], 30 * S);
+        let d = c.drain_all([(k, value(30 * S, 10, [0x1a, 0x12]))], 30 * S);
         assert!(d.records.is_empty());
-        let d = c.drain([(k, value(61 * S, 20, [0x1a, 0x12]))], 61 * S);
+        let d = c.drain_all([(k, value(61 * S, 20, [0x1a, 0x12]))], 61 * S);
         assert_eq!(reasons(&d), vec![Some(EndReason::ActiveTimeout)]);
         assert_eq!(d.records[0].forward_delta.packets, 20);
-        let d = c.drain([(k, value(62 * S, 25, [0x1a, 0x12]))], 80 * S);
+        let d = c.drain_all([(k, value(62 * S, 25, [0x1a, 0x12]))], 80 * S);
         assert_eq!(reasons(&d), vec![Some(EndReason::IdleTimeout)]);
         assert_eq!(
             d.records[0].forward_delta.packets, 5,
@@ -306,9 +327,9 @@ mod tests {
         let mut c = FlowCache::new(Timeouts::default());
         let k = key(40001);
         let fin = value(5 * S, 4, [0x11, 0x11]);
-        let d = c.drain([(k, fin)], 5 * S);
+        let d = c.drain_all([(k, fin)], 5 * S);
         assert_eq!(reasons(&d), vec![None]);
-        let d = c.drain([(k, fin)], 6 * S);
+        let d = c.drain_all([(k, fin)], 6 * S);
         assert_eq!(reasons(&d), vec![Some(EndReason::EndOfFlow)]);
     }
 
@@ -321,7 +342,7 @@ mod tests {
             "first sight"
         );
         assert!(c.event(k, value(S, 3, [0x13, 0x13]), false, S).is_none());
-        let d = c.drain([], 2 * S);
+        let d = c.drain_all([], 2 * S);
         assert_eq!(reasons(&d), vec![Some(EndReason::EndOfFlow)]);
         assert_eq!(d.records[0].observed.forward.packets, 3);
     }
@@ -333,7 +354,7 @@ mod tests {
         assert!(c.event(k, value(S, 1, [2, 0]), true, 2 * S).is_some());
         assert!(c.event(k, value(S, 2, [2, 0]), true, 2 * S + 10).is_none());
         assert!(c.event(k, value(S, 2, [2, 0]), true, 3 * S + 10).is_some());
-        let d = c.drain([], 4 * S);
+        let d = c.drain_all([], 4 * S);
         assert_eq!(reasons(&d), vec![Some(EndReason::LackOfResources)]);
     }
 
@@ -341,11 +362,11 @@ mod tests {
     fn a_stale_snapshot_never_rolls_counters_back() {
         let mut c = FlowCache::new(Timeouts::default());
         let k = key(40004);
-        c.drain([(k, value(3 * S, 10, [0, 0]))], 3 * S);
+        c.drain_all([(k, value(3 * S, 10, [0, 0]))], 3 * S);
         // An event read after the table, from before it; and a table reading whose
         // last_ns stepped back (another CPU wrote it later) but whose counters moved.
         c.event(k, value(2 * S, 8, [0, 0]), false, 3 * S);
-        let d = c.drain([(k, value(3 * S - 5, 12, [0x11, 0x11]))], 9 * S);
+        let d = c.drain_all([(k, value(3 * S - 5, 12, [0x11, 0x11]))], 9 * S);
         assert_eq!(reasons(&d), vec![Some(EndReason::EndOfFlow)]);
         assert_eq!(d.records[0].observed.forward.packets, 12);
         assert_eq!(d.records[0].observed.last_mono, 3 * S);
@@ -354,7 +375,7 @@ mod tests {
     #[test]
     fn flush_forces_the_end() {
         let mut c = FlowCache::new(Timeouts::default());
-        c.drain([(key(1), value(S, 1, [0, 0]))], S);
+        c.drain_all([(key(1), value(S, 1, [0, 0]))], S);
         let out = c.flush();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].reason, Some(EndReason::ForcedEnd));

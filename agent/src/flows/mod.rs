@@ -82,17 +82,19 @@ impl Flows {
         let stop = Arc::new(AtomicBool::new(false));
         let lookup = ClusterLookup::new(&cluster.borrow());
         let collector = Collector {
-            node: node.to_owned(),
             cache: FlowCache::new(config.timeouts),
             maps,
             datapath,
-            lookup,
-            cluster,
-            hub: hub.clone(),
-            sinks,
-            stats: stats.clone(),
+            emitter: Emitter {
+                node: node.to_owned(),
+                cluster,
+                lookup,
+                hub: hub.clone(),
+                sinks,
+                stats: stats.clone(),
+                mono_to_epoch: clock::mono_to_epoch(),
+            },
             stop: stop.clone(),
-            mono_to_epoch: clock::mono_to_epoch(),
             // The maps are this agent's own (loaded fresh): every loss counts.
             seen_counters: [0; 3],
             drain_interval: config.drain_interval,
@@ -140,19 +142,25 @@ const LOSS_COUNTERS: [(u32, LostSource); 3] = [
 ];
 
 struct Collector {
-    node: String,
     cache: FlowCache,
     maps: FlowMaps,
     datapath: Arc<Mutex<Datapath>>,
+    emitter: Emitter,
+    stop: Arc<AtomicBool>,
+    seen_counters: [u64; 3],
+    drain_interval: Duration,
+}
+
+/// Where the cache's records go: enrichment, then the sinks and the hub. Apart
+/// from the collector's other fields, so a drain can stream records into it.
+struct Emitter {
+    node: String,
     cluster: watch::Receiver<Arc<ClusterState>>,
     lookup: ClusterLookup,
     hub: Arc<Hub>,
     sinks: Vec<Box<dyn Sink>>,
     stats: Arc<Mutex<FlowStats>>,
-    stop: Arc<AtomicBool>,
     mono_to_epoch: u64,
-    seen_counters: [u64; 3],
-    drain_interval: Duration,
 }
 
 impl Collector {
@@ -171,8 +179,10 @@ impl Collector {
         }
         self.read_events();
         self.drain(clock::now_mono_ns());
-        let flushed = self.cache.flush();
-        self.emit(flushed);
+        self.emitter.refresh_lookup();
+        for e in self.cache.flush() {
+            self.emitter.emit(e);
+        }
     }
 
     fn wait_for_events(&self, timeout_ms: u64) {
@@ -188,8 +198,8 @@ impl Collector {
 
     fn read_events(&mut self) {
         let now = clock::now_mono_ns();
-        let mut snapshots = Vec::new();
         let mut count = 0u64;
+        self.emitter.refresh_lookup();
         while let Some(item) = self.maps.events.next() {
             count += 1;
             let Some(event) = RawEvent::from_bytes(&item) else {
@@ -197,13 +207,14 @@ impl Collector {
             };
             let drop = event.kind == EVENT_DROP;
             if let Some(snap) = self.cache.event(event.key, event.value, drop, now) {
-                snapshots.push(snap);
+                self.emitter.emit(snap);
             }
         }
-        if let Ok(mut s) = self.stats.lock() {
+        if count > 0
+            && let Ok(mut s) = self.emitter.stats.lock()
+        {
             s.events += count;
         }
-        self.emit(snapshots);
     }
 
     fn loss_counters(&self) -> [u64; 3] {
@@ -214,25 +225,57 @@ impl Collector {
     }
 
     fn drain(&mut self, now: u64) {
-        // Streamed, not collected: 100,000 flows are 6 MB the agent need not hold.
+        self.emitter.refresh_lookup();
+        // Streamed both ways: neither the table nor the records it yields are
+        // ever held whole (100,000 flows would be tens of MB).
         let entries = self.maps.table.iter().filter_map(Result::ok);
-        let drained = self.cache.drain(entries, now);
-        for key in &drained.expired {
+        let emitter = &mut self.emitter;
+        let expired = self.cache.drain(entries, now, |e| emitter.emit(e));
+        for key in &expired {
             // Already gone (evicted meanwhile) is fine.
             let _ = self.maps.table.remove(key);
         }
-        self.emit(drained.records);
 
         let counters = self.loss_counters();
         for (i, (_, source)) in LOSS_COUNTERS.iter().enumerate() {
             let lost = counters[i].saturating_sub(self.seen_counters[i]);
             if lost > 0 {
-                self.lost(*source, lost);
+                self.emitter.lost(*source, lost);
             }
         }
         self.seen_counters = counters;
-        if let Ok(mut s) = self.stats.lock() {
+        if let Ok(mut s) = self.emitter.stats.lock() {
             s.active_flows = self.cache.len() as u64;
+        }
+    }
+}
+
+impl Emitter {
+    /// Pods come and go: name flows by the cluster as it is now.
+    fn refresh_lookup(&mut self) {
+        if self.cluster.has_changed().unwrap_or(false) {
+            self.lookup = ClusterLookup::new(&self.cluster.borrow_and_update());
+        }
+    }
+
+    fn emit(&mut self, e: Emitted) {
+        let mut flow = enrich(&e.observed, &self.node, self.mono_to_epoch, &self.lookup);
+        flow.end_reason = e.reason;
+        flow.forward_delta = e.forward_delta;
+        flow.reverse_delta = e.reverse_delta;
+        let is_final = flow.end_reason.is_some();
+        if is_final {
+            for sink in &mut self.sinks {
+                sink.record(&flow);
+            }
+        }
+        self.hub.publish(FlowEvent::Flow(Box::new(flow)));
+        if let Ok(mut s) = self.stats.lock() {
+            if is_final {
+                s.records += 1;
+            } else {
+                s.snapshots += 1;
+            }
         }
     }
 
@@ -250,35 +293,5 @@ impl Collector {
             s.lost.add(source, count);
         }
         self.hub.publish(FlowEvent::LostEvents(lost));
-    }
-
-    fn emit(&mut self, records: Vec<Emitted>) {
-        if records.is_empty() {
-            return;
-        }
-        // Pods come and go: name flows by the cluster as it is now.
-        if self.cluster.has_changed().unwrap_or(false) {
-            self.lookup = ClusterLookup::new(&self.cluster.borrow_and_update());
-        }
-        let (mut finals, mut snapshots) = (0, 0);
-        for e in records {
-            let mut flow = enrich(&e.observed, &self.node, self.mono_to_epoch, &self.lookup);
-            flow.end_reason = e.reason;
-            flow.forward_delta = e.forward_delta;
-            flow.reverse_delta = e.reverse_delta;
-            if flow.end_reason.is_some() {
-                finals += 1;
-                for sink in &mut self.sinks {
-                    sink.record(&flow);
-                }
-            } else {
-                snapshots += 1;
-            }
-            self.hub.publish(FlowEvent::Flow(Box::new(flow)));
-        }
-        if let Ok(mut s) = self.stats.lock() {
-            s.records += finals;
-            s.snapshots += snapshots;
-        }
     }
 }
