@@ -417,6 +417,12 @@ pub struct FlowStats {
     /// Ring-buffer events read.
     pub events: u64,
     pub lost: LostCounts,
+    /// Every packet the datapath accounted to a flow (per-CPU totals, summed).
+    #[serde(default)]
+    pub traffic: Counters,
+    /// Packets the datapath dropped, by reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops: BTreeMap<String, Counters>,
     /// The IPFIX exporter's own statistics, per collector, when one is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exporter: Option<serde_json::Value>,

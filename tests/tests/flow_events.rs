@@ -107,6 +107,9 @@ fn pipeline_reports(dp: Datapath, source: LostSource) -> (u64, usize) {
     };
     let stats = flows.stats();
     flows.stop();
+    // Every FIN was a 40-byte IP packet, and each was accounted in the totals.
+    assert_eq!(stats.traffic.packets, u64::from(PACKETS), "{stats:?}");
+    assert_eq!(stats.traffic.bytes, 40 * u64::from(PACKETS), "{stats:?}");
     assert_eq!(
         match source {
             LostSource::RingBuffer => stats.lost.ring_buffer,

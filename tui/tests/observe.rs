@@ -110,6 +110,10 @@ const NDJSON_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson
 
 fn chunk(conn: &mut UnixStream, lines: &[String]) {
     let data: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    // A zero-length chunk would end the body early.
+    if data.is_empty() {
+        return;
+    }
     write!(conn, "{:x}\r\n{data}\r\n", data.len()).unwrap();
     conn.flush().unwrap();
 }

@@ -13,12 +13,13 @@ pub mod enrich;
 pub mod hub;
 pub mod sink;
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lumen_api::flow::{FlowEvent, FlowStats, LostEvents, LostSource};
+use lumen_api::flow::{Counters, DropReason, FlowEvent, FlowStats, LostEvents, LostSource};
 use tokio::sync::watch;
 
 use crate::cluster::ClusterState;
@@ -244,9 +245,39 @@ impl Collector {
             }
         }
         self.seen_counters = counters;
+        let traffic = self.traffic();
         if let Ok(mut s) = self.emitter.stats.lock() {
             s.active_flows = self.cache.len() as u64;
+            if let Some((total, drops)) = traffic {
+                s.traffic = total;
+                s.drops = drops;
+            }
         }
+    }
+
+    /// The per-CPU totals (index 0) and drops by reason (index = reason), summed.
+    fn traffic(&self) -> Option<(Counters, BTreeMap<String, Counters>)> {
+        let sum = |index: u32| -> Option<Counters> {
+            let per_cpu = self.maps.traffic.get(&index, 0).ok()?;
+            Some(per_cpu.iter().fold(Counters::default(), |acc, t| Counters {
+                packets: acc.packets + t.packets,
+                bytes: acc.bytes + t.bytes,
+            }))
+        };
+        let total = sum(0)?;
+        let drops = [
+            DropReason::Policy,
+            DropReason::TunnelKey,
+            DropReason::NoConfig,
+        ]
+        .into_iter()
+        .filter_map(|r| {
+            let c = sum(u32::from(r.code()))?;
+            let name = serde_json::to_value(r).ok()?.as_str()?.to_owned();
+            (c.packets > 0).then_some((name, c))
+        })
+        .collect();
+        Some((total, drops))
     }
 }
 
