@@ -9,8 +9,9 @@ use clap::Parser;
 use lumen_agent::datapath::{FlowSettings, LoadOptions};
 use lumen_agent::flows::FlowConfig;
 use lumen_agent::flows::cache::Timeouts;
+use lumen_agent::flows::filter::ExportFilter;
 use lumen_agent::node::Config;
-use lumen_api::Ipv4Cidr;
+use lumen_api::{FlowFilter, FlowQuery, Ipv4Cidr};
 
 /// Lumen node agent.
 #[derive(Debug, Parser)]
@@ -80,9 +81,26 @@ struct Args {
     /// How often each collector gets the exporting process's reliability statistics.
     #[arg(long, default_value = "60s", value_parser = duration)]
     ipfix_stats_interval: Duration,
+    /// Export only records matching this filter (repeatable, any may match), in
+    /// the query syntax of GET /v1/flows, e.g. `namespace=shop&protocol=tcp`.
+    #[arg(long, value_parser = flow_filter)]
+    export_allow: Vec<FlowFilter>,
+    /// Never export records matching this filter (repeatable).
+    #[arg(long, value_parser = flow_filter)]
+    export_deny: Vec<FlowFilter>,
     /// Records buffered per collector while it is unreachable; beyond, counted lost.
     #[arg(long, default_value_t = lumen_exporter::IpfixConfig::default().max_buffered_records)]
     ipfix_max_buffered: usize,
+}
+
+/// A `GET /v1/flows` query string as a filter.
+fn flow_filter(s: &str) -> Result<FlowFilter, String> {
+    let uri: axum::http::Uri = format!("/?{s}")
+        .parse()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    let axum::extract::Query(query) =
+        axum::extract::Query::<FlowQuery>::try_from_uri(&uri).map_err(|e| format!("{s:?}: {e}"))?;
+    FlowFilter::try_from(&query).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// `250ms`, `15s`, `2m`.
@@ -147,6 +165,10 @@ fn run() -> anyhow::Result<()> {
             },
             drain_interval: args.flow_drain_interval,
             recent: args.recent_flows,
+            export: ExportFilter {
+                allow: args.export_allow,
+                deny: args.export_deny,
+            },
         },
         ipfix: lumen_exporter::IpfixConfig {
             collectors: args.ipfix_collectors,

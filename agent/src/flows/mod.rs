@@ -10,6 +10,7 @@ pub mod clock;
 pub mod community;
 pub mod decode;
 pub mod enrich;
+pub mod filter;
 pub mod hub;
 pub mod sink;
 
@@ -27,6 +28,7 @@ use crate::datapath::abi::{EVENT_DROP, FlowEvent as RawEvent, counter};
 use crate::datapath::{Datapath, FlowMaps};
 use cache::{Emitted, FlowCache, Timeouts};
 use enrich::{ClusterLookup, enrich};
+use filter::ExportFilter;
 use hub::Hub;
 use sink::Sink;
 
@@ -38,6 +40,8 @@ pub struct FlowConfig {
     pub drain_interval: Duration,
     /// Recent events kept for `GET /v1/flows`.
     pub recent: usize,
+    /// Which finished records go to the sinks.
+    pub export: ExportFilter,
 }
 
 impl Default for FlowConfig {
@@ -46,6 +50,7 @@ impl Default for FlowConfig {
             timeouts: Timeouts::default(),
             drain_interval: Duration::from_secs(1),
             recent: 8192,
+            export: ExportFilter::default(),
         }
     }
 }
@@ -91,6 +96,7 @@ impl Flows {
                 cluster,
                 lookup,
                 hub: hub.clone(),
+                filter: config.export,
                 sinks,
                 stats: stats.clone(),
                 mono_to_epoch: clock::mono_to_epoch(),
@@ -159,6 +165,7 @@ struct Emitter {
     cluster: watch::Receiver<Arc<ClusterState>>,
     lookup: ClusterLookup,
     hub: Arc<Hub>,
+    filter: ExportFilter,
     sinks: Vec<Box<dyn Sink>>,
     stats: Arc<Mutex<FlowStats>>,
     mono_to_epoch: u64,
@@ -295,7 +302,7 @@ impl Emitter {
         flow.forward_delta = e.forward_delta;
         flow.reverse_delta = e.reverse_delta;
         let is_final = flow.end_reason.is_some();
-        if is_final {
+        if is_final && self.filter.passes(&flow) {
             for sink in &mut self.sinks {
                 sink.record(&flow);
             }
