@@ -22,8 +22,10 @@
 
 /* Identities of a packet's endpoints as this node derives them from addresses. */
 static __always_inline void observe_addrs(struct flow_obs *obs, struct pkt *p,
-					  struct dp_config *cfg, struct __sk_buff *skb)
+					  struct dp_config *cfg, struct __sk_buff *skb,
+					  __u8 dir)
 {
+	obs->dir = dir;
 	obs->src_identity = identity_of_addr(p->saddr, cfg);
 	obs->dst_identity = identity_of_addr(p->daddr, cfg);
 	obs->traced = !!(skb->mark & MARK_TRACE);
@@ -47,7 +49,7 @@ int from_pod(struct __sk_buff *skb)
 		count(CNT_DROP_NO_CONFIG);
 		return TC_ACT_OK;
 	}
-	observe_addrs(&obs, &p, cfg, skb);
+	observe_addrs(&obs, &p, cfg, skb, DIR_EGRESS);
 	dst = endpoint_of(p.daddr);
 	if (dst) {
 		flow_track(skb, &p, cfg, &obs);
@@ -87,7 +89,7 @@ int to_pod(struct __sk_buff *skb)
 	cfg = dp_config();
 	if (!cfg)
 		return TC_ACT_OK;
-	observe_addrs(&obs, &p, cfg, skb);
+	observe_addrs(&obs, &p, cfg, skb, DIR_INGRESS);
 	flow_track(skb, &p, cfg, &obs);
 	return TC_ACT_OK;
 }
@@ -110,7 +112,7 @@ int from_overlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	cfg = dp_config();
 	if (cfg) {
-		observe_addrs(&obs, &p, cfg, skb);
+		observe_addrs(&obs, &p, cfg, skb, DIR_INGRESS);
 		/* The sender's identity comes with the packet: no lookup. */
 		obs.src_identity = key.tunnel_id & TAG_IDENTITY_MASK;
 		obs.tag = key.tunnel_id;
@@ -150,7 +152,7 @@ int to_overlay(struct __sk_buff *skb)
 		count(CNT_DROP_TUNNEL_KEY);
 		return TC_ACT_SHOT;
 	}
-	observe_addrs(&obs, &p, cfg, skb);
+	observe_addrs(&obs, &p, cfg, skb, DIR_EGRESS);
 	tag = make_tag(obs.src_identity, skb);
 	if (set_tunnel(skb, rn, tag)) {
 		obs.drop = DROP_TUNNEL_KEY;

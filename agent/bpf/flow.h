@@ -28,6 +28,7 @@ struct flow_obs {
 	__u32 tag;    /* VXLAN tag set or seen, 0 none */
 	__u8 drop;    /* enum drop_reason */
 	__u8 traced;
+	__u8 dir;     /* enum direction */
 };
 
 /* The identity an address has by construction: pods by their offset in the
@@ -124,9 +125,9 @@ static __always_inline void flow_track(struct __sk_buff *skb, struct pkt *p,
 	}
 	key.proto = p->proto;
 	now = bpf_ktime_get_ns();
-	account(0, bytes);
+	account(obs->dir * DROP_MAX, bytes);
 	if (obs->drop && obs->drop < DROP_MAX)
-		account(obs->drop, bytes);
+		account(obs->dir * DROP_MAX + obs->drop, bytes);
 
 	v = bpf_map_lookup_elem(&flows, &key);
 	if (!v) {

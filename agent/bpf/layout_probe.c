@@ -61,11 +61,13 @@ int main(void)
 	printf("(\"TAG_TRACE\", %u),\n", TAG_TRACE);
 	printf("(\"CNT_MAX\", %u),\n", CNT_MAX);
 	printf("(\"MAX_ENDPOINTS\", %u),\n", MAX_ENDPOINTS);
+	printf("(\"MAX_REMOTE_CIDRS\", %u),\n", MAX_REMOTE_CIDRS);
 	printf("(\"IDENTITY_POD_BASE\", %u),\n", IDENTITY_POD_BASE);
 	printf("(\"DROP_POLICY\", %u),\n", DROP_POLICY);
 	printf("(\"DROP_TUNNEL_KEY\", %u),\n", DROP_TUNNEL_KEY);
 	printf("(\"DROP_NO_CONFIG\", %u),\n", DROP_NO_CONFIG);
 	printf("(\"DROP_MAX\", %u),\n", DROP_MAX);
+	printf("(\"DIR_MAX\", %u),\n", DIR_MAX);
 	printf("(\"EVENT_END\", %u),\n", EVENT_END);
 	printf("(\"EVENT_DROP\", %u),\n", EVENT_DROP);
 	printf("(\"FLOW_F_SIDE1_FIRST\", %u),\n", FLOW_F_SIDE1_FIRST);

@@ -213,10 +213,18 @@ struct {
 	__type(value, struct event_budget);
 } event_budget SEC(".maps");
 
-/* Index 0: every packet the flow tracker saw; index r: drops for reason r. */
+/* Directions of the traffic counters. */
+enum direction {
+	DIR_EGRESS = 0,  /* from_pod, to_overlay: leaving a pod or the node */
+	DIR_INGRESS = 1, /* from_overlay, to_pod: toward a pod or the node */
+	DIR_MAX = 2,
+};
+
+/* Index d * DROP_MAX: every packet of direction d the flow tracker saw;
+ * index d * DROP_MAX + r: those dropped for reason r. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DROP_MAX);
+	__uint(max_entries, DIR_MAX * DROP_MAX);
 	__type(key, __u32);
 	__type(value, struct traffic);
 } traffic SEC(".maps");

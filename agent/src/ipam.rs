@@ -160,6 +160,13 @@ impl Ipam {
         Ok(removed)
     }
 
+    /// (used, free) addresses, network and broadcast addresses excluded.
+    pub fn usage(&self) -> (u64, u64) {
+        let usable = self.cidr.size().saturating_sub(2).max(1);
+        let used = self.by_ip.len() as u64;
+        (used, usable.saturating_sub(used))
+    }
+
     pub fn state(&self) -> IpamState {
         IpamState {
             cidr: self.cidr,

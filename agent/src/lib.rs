@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod flows;
 pub mod ipam;
 pub mod masquerade;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod node;
@@ -21,6 +22,7 @@ use cluster::ClusterSource;
 use cluster::manifest::{ManifestError, ManifestSource};
 use flows::{FlowError, Flows};
 use lumen_exporter::IpfixExporter;
+use metrics::Metrics;
 use node::{Config, Node, NodeError};
 
 /// Why the agent stopped.
@@ -42,6 +44,14 @@ pub enum AgentError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Flows(#[from] FlowError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    #[error("the metrics listener {addr} cannot be bound")]
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the IPFIX exporter could not start")]
     Exporter(#[from] lumen_exporter::ExportError),
     #[error("the datapath's flow maps are not available")]
@@ -89,6 +99,10 @@ pub async fn run(
         .map_err(|_| AgentError::NoFlowMaps)?
         .take_flow_maps()
         .ok_or(AgentError::NoFlowMaps)?;
+    let metrics = Arc::new(Metrics::new(
+        &node.config.node_name,
+        node.config.metrics_per_pod,
+    )?);
     let exporter = start_exporter(&node)?;
     let mut sinks: Vec<Box<dyn flows::sink::Sink>> = Vec::new();
     if let Some(exporter) = &exporter {
@@ -101,6 +115,7 @@ pub async fn run(
         rx,
         node.config.flows.clone(),
         sinks,
+        Some(metrics.clone()),
     )?);
 
     if let Some(dir) = socket.parent() {
@@ -120,7 +135,20 @@ pub async fn run(
         node,
         flows: flows.clone(),
         exporter: exporter.clone(),
+        metrics,
     };
+    if let Some(addr) = state.node.config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::MetricsBind { addr, source })?;
+        tracing::info!(%addr, "metrics listening");
+        let app = server::metrics_app(state.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "the metrics listener failed");
+            }
+        });
+    }
     let served = axum::serve(listener, server::app(state))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -10,6 +10,7 @@ use lumen_agent::datapath::{FlowSettings, LoadOptions};
 use lumen_agent::flows::FlowConfig;
 use lumen_agent::flows::cache::Timeouts;
 use lumen_agent::flows::filter::ExportFilter;
+use lumen_agent::metrics::PerPod;
 use lumen_agent::node::Config;
 use lumen_api::{FlowFilter, FlowQuery, Ipv4Cidr};
 
@@ -81,6 +82,16 @@ struct Args {
     /// How often each collector gets the exporting process's reliability statistics.
     #[arg(long, default_value = "60s", value_parser = duration)]
     ipfix_stats_interval: Duration,
+    /// Serve GET /metrics on this TCP address too (inside the node's namespace);
+    /// `off` for the unix socket only.
+    #[arg(long, default_value = "0.0.0.0:9965")]
+    metrics_addr: String,
+    /// Per-pod traffic series (namespace, pod, direction), off by default.
+    #[arg(long)]
+    metrics_per_pod: bool,
+    /// At most this many per-pod series; the rest are refused and counted.
+    #[arg(long, default_value_t = 1000)]
+    metrics_per_pod_max_series: usize,
     /// Export only records matching this filter (repeatable, any may match), in
     /// the query syntax of GET /v1/flows, e.g. `namespace=shop&protocol=tcp`.
     #[arg(long, value_parser = flow_filter)]
@@ -170,6 +181,16 @@ fn run() -> anyhow::Result<()> {
                 deny: args.export_deny,
             },
         },
+        metrics_addr: match args.metrics_addr.as_str() {
+            "off" => None,
+            addr => Some(
+                addr.parse()
+                    .with_context(|| format!("--metrics-addr {addr:?}"))?,
+            ),
+        },
+        metrics_per_pod: args.metrics_per_pod.then_some(PerPod {
+            max_series: args.metrics_per_pod_max_series,
+        }),
         ipfix: lumen_exporter::IpfixConfig {
             collectors: args.ipfix_collectors,
             observation_domain_id: args.ipfix_domain,

@@ -42,6 +42,10 @@ pub struct Config {
     pub flow_settings: FlowSettings,
     /// The flow pipeline.
     pub flows: FlowConfig,
+    /// The TCP listener for `GET /metrics`, if any (also on the unix socket).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Per-pod metric series, under a cap; off when `None`.
+    pub metrics_per_pod: Option<crate::metrics::PerPod>,
     /// IPFIX export; no collectors, no export. The observation domain id is set
     /// from the node's address when left 0.
     pub ipfix: lumen_exporter::IpfixConfig,

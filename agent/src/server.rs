@@ -16,7 +16,9 @@ use lumen_api::{FlowFilter, FlowQuery, paths};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::datapath::abi::{MAX_ENDPOINTS, MAX_REMOTE_CIDRS, counter};
 use crate::flows::Flows;
+use crate::metrics::{CollectorCounts, MapFill, Metrics, Snapshot};
 use crate::node::Node;
 use crate::pods::PodError;
 
@@ -26,6 +28,7 @@ pub struct AppState {
     pub node: Arc<Node>,
     pub flows: Arc<Flows>,
     pub exporter: Option<Arc<lumen_exporter::IpfixExporter>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl FromRef<AppState> for Arc<Node> {
@@ -75,6 +78,14 @@ pub fn app(state: AppState) -> Router {
         .route(paths::COUNTERS, get(counters))
         .route(paths::FLOWS, get(flows))
         .route(paths::FLOW_STATS, get(flow_stats))
+        .route(paths::METRICS, get(metrics))
+        .with_state(state)
+}
+
+/// The metrics alone, for the agent's TCP listener.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route(paths::METRICS, get(metrics))
         .with_state(state)
 }
 
@@ -91,34 +102,52 @@ async fn healthz(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
     }))
 }
 
+/// Time a CNI operation and count its failure by code.
+async fn timed<T>(
+    metrics: &Metrics,
+    operation: &'static str,
+    work: impl std::future::Future<Output = Result<T, PodError>>,
+) -> Result<T, ApiError> {
+    let _timer = metrics.cni_timer(operation);
+    work.await.map_err(|e| {
+        let e = ApiError::from(e);
+        metrics.cni_error(operation, e.0.code);
+        e
+    })
+}
+
 async fn add(
-    State(node): State<Arc<Node>>,
+    State(state): State<AppState>,
     Json(req): Json<CniRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(node.add(&req).await?))
+    Ok(Json(
+        timed(&state.metrics, "add", state.node.add(&req)).await?,
+    ))
 }
 
 async fn del(
-    State(node): State<Arc<Node>>,
+    State(state): State<AppState>,
     Json(req): Json<CniRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    node.del(&req).await?;
+    timed(&state.metrics, "del", state.node.del(&req)).await?;
     Ok(Json(json!({})))
 }
 
 async fn check(
-    State(node): State<Arc<Node>>,
+    State(state): State<AppState>,
     Json(req): Json<CniRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    node.check(&req).await?;
+    timed(&state.metrics, "check", state.node.check(&req)).await?;
     Ok(Json(json!({})))
 }
 
 async fn gc(
-    State(node): State<Arc<Node>>,
+    State(state): State<AppState>,
     Json(req): Json<GcRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(node.gc(&req.valid).await?))
+    Ok(Json(
+        timed(&state.metrics, "gc", state.node.gc(&req.valid)).await?,
+    ))
 }
 
 async fn endpoints(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
@@ -203,4 +232,79 @@ async fn flow_stats(State(state): State<AppState>) -> Json<lumen_api::flow::Flow
         .as_ref()
         .and_then(|e| serde_json::to_value(e.stats()).ok());
     Json(stats)
+}
+
+/// `GET /metrics`: every family, brought up to date from its sources.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let snap = snapshot(&state);
+    match state.metrics.render(&snap) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// What a scrape reads, from the agent's parts.
+fn snapshot(state: &AppState) -> Snapshot {
+    let flows = state.flows.stats();
+    let (flows_created, remotes, max_flows) = state
+        .node
+        .datapath
+        .lock()
+        .map(|dp| {
+            (
+                dp.counter(counter::FLOWS_CREATED),
+                dp.remote_count() as u64,
+                u64::from(dp.max_flows()),
+            )
+        })
+        .unwrap_or_default();
+    let endpoints = state.node.endpoints.lock().map_or(0, |e| e.len() as u64);
+    let maps = vec![
+        MapFill {
+            name: "flows",
+            entries: flows.table_entries,
+            capacity: max_flows,
+        },
+        MapFill {
+            name: "endpoints",
+            entries: endpoints,
+            capacity: u64::from(MAX_ENDPOINTS),
+        },
+        MapFill {
+            name: "remote_cidrs",
+            entries: remotes,
+            capacity: u64::from(MAX_REMOTE_CIDRS),
+        },
+    ];
+    let collectors = state
+        .exporter
+        .as_ref()
+        .map(|e| {
+            e.stats()
+                .collectors
+                .into_iter()
+                .map(|c| CollectorCounts {
+                    collector: lumen_exporter::Collector {
+                        addr: c.addr,
+                        transport: c.transport,
+                    }
+                    .to_string(),
+                    up: c.connected,
+                    records_sent: c.records_sent,
+                    messages_sent: c.messages_sent,
+                    records_lost: c.records_lost,
+                    reconnects: c.reconnects,
+                    template_sends: c.templates_sent,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let ipam = state.node.ipam.lock().map_or((0, 0), |i| i.usage());
+    Snapshot {
+        flows,
+        flows_created,
+        maps,
+        collectors,
+        ipam,
+    }
 }

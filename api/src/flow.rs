@@ -404,6 +404,38 @@ impl LostCounts {
     }
 }
 
+/// Forwarded and dropped packets of one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DirectionTraffic {
+    pub forwarded: Counters,
+    pub dropped: Counters,
+}
+
+/// The datapath's traffic: `egress` leaves a pod or the node (toward another
+/// pod, the overlay or the host stack), `ingress` comes toward one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    pub egress: DirectionTraffic,
+    pub ingress: DirectionTraffic,
+}
+
+impl Traffic {
+    /// Every packet, whatever its direction and verdict.
+    pub fn total(&self) -> Counters {
+        [
+            self.egress.forwarded,
+            self.egress.dropped,
+            self.ingress.forwarded,
+            self.ingress.dropped,
+        ]
+        .iter()
+        .fold(Counters::default(), |a, c| Counters {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        })
+    }
+}
+
 /// The flow pipeline's state on one node (`GET /v1/flows/stats`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct FlowStats {
@@ -417,10 +449,19 @@ pub struct FlowStats {
     /// Ring-buffer events read.
     pub events: u64,
     pub lost: LostCounts,
-    /// Every packet the datapath accounted to a flow (per-CPU totals, summed).
+    /// Final records by end reason (`IDLE_TIMEOUT`, …); active-timeout ones
+    /// are `periodic`.
     #[serde(default)]
-    pub traffic: Counters,
-    /// Packets the datapath dropped, by reason.
+    pub ended: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub periodic: u64,
+    /// Entries in the kernel flow table at the last read.
+    #[serde(default)]
+    pub table_entries: u64,
+    /// Every packet the datapath accounted (per-CPU counters, summed).
+    #[serde(default)]
+    pub traffic: Traffic,
+    /// Packets the datapath dropped, by reason (`POLICY`, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drops: BTreeMap<String, Counters>,
     /// The IPFIX exporter's own statistics, per collector, when one is configured.

@@ -21,3 +21,5 @@ pub const COUNTERS: &str = "/v1/datapath/counters";
 pub const FLOWS: &str = "/v1/flows";
 /// `GET` the flow pipeline's state ([`crate::flow::FlowStats`]).
 pub const FLOW_STATS: &str = "/v1/flows/stats";
+/// `GET` the agent's metrics in the Prometheus text format.
+pub const METRICS: &str = "/metrics";

@@ -79,6 +79,7 @@ fn pipeline_reports(dp: Datapath, source: LostSource) -> (u64, usize) {
             ..FlowConfig::default()
         },
         Vec::new(),
+        None,
     )
     .expect("pipeline starts");
     let all = FlowFilter::try_from(&FlowQuery::default()).expect("filter");
@@ -107,9 +108,11 @@ fn pipeline_reports(dp: Datapath, source: LostSource) -> (u64, usize) {
     };
     let stats = flows.stats();
     flows.stop();
-    // Every FIN was a 40-byte IP packet, and each was accounted in the totals.
-    assert_eq!(stats.traffic.packets, u64::from(PACKETS), "{stats:?}");
-    assert_eq!(stats.traffic.bytes, 40 * u64::from(PACKETS), "{stats:?}");
+    // Every FIN was a 40-byte IP packet leaving a pod, each accounted as egress.
+    let egress = stats.traffic.egress.forwarded;
+    assert_eq!(egress.packets, u64::from(PACKETS), "{stats:?}");
+    assert_eq!(egress.bytes, 40 * u64::from(PACKETS), "{stats:?}");
+    assert_eq!(stats.traffic.total(), egress, "{stats:?}");
     assert_eq!(
         match source {
             LostSource::RingBuffer => stats.lost.ring_buffer,

@@ -124,6 +124,15 @@ pub struct FlowEvent {
     pub ifindex: u32,
 }
 
+/// Sizes of the fixed maps.
+pub const MAX_ENDPOINTS: u32 = 65536;
+pub const MAX_REMOTE_CIDRS: u32 = 4096;
+
+/// `enum direction` and `DROP_MAX`: the layout of the `traffic` map.
+pub const DIR_EGRESS: u32 = 0;
+pub const DIR_INGRESS: u32 = 1;
+pub const DROP_MAX: u32 = 4;
+
 /// `enum flow_event_kind`
 pub const EVENT_END: u32 = 1;
 pub const EVENT_DROP: u32 = 2;
@@ -188,6 +197,7 @@ pub const COUNTERS: &[&str] = &[
 
 /// Indexes into [`COUNTERS`] the flow collector reads.
 pub mod counter {
+    pub const FLOWS_CREATED: u32 = 10;
     pub const EVENTS_RATE_LIMITED: u32 = 13;
     pub const EVENTS_LOST: u32 = 14;
     pub const FLOW_TABLE_FULL: u32 = 11;
@@ -319,6 +329,10 @@ mod tests {
             assert_eq!(consts[name], u64::from(reason.code()), "{name}");
         }
         assert_eq!(consts["EVENT_END"], u64::from(EVENT_END));
+        assert_eq!(consts["DROP_MAX"], u64::from(DROP_MAX));
+        assert_eq!(consts["MAX_ENDPOINTS"], u64::from(MAX_ENDPOINTS));
+        assert_eq!(consts["MAX_REMOTE_CIDRS"], u64::from(MAX_REMOTE_CIDRS));
+        assert_eq!(consts["DIR_MAX"], u64::from(DIR_INGRESS) + 1);
         assert_eq!(consts["EVENT_DROP"], u64::from(EVENT_DROP));
         assert_eq!(consts["FLOW_F_SIDE1_FIRST"], u64::from(FLOW_F_SIDE1_FIRST));
         assert_eq!(consts["SIDE_FLAGS_SHIFT"], u64::from(SIDE_FLAGS_SHIFT));
@@ -332,6 +346,7 @@ mod tests {
             Some(counter::EVENTS_RATE_LIMITED)
         );
         assert_eq!(index("events_lost"), Some(counter::EVENTS_LOST));
+        assert_eq!(index("flows_created"), Some(counter::FLOWS_CREATED));
         assert_eq!(index("flow_table_full"), Some(counter::FLOW_TABLE_FULL));
     }
 

@@ -144,6 +144,9 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, u64>,
     flows: Option<FlowMaps>,
     links: StdHashMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
+    /// Remote pod CIDRs in the LPM map (for its fill metric).
+    remotes: std::collections::BTreeSet<Ipv4Cidr>,
+    max_flows: u32,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -207,6 +210,8 @@ impl Datapath {
             }),
             ebpf,
             links: StdHashMap::new(),
+            remotes: std::collections::BTreeSet::new(),
+            max_flows: options.max_flows,
         })
     }
 
@@ -271,6 +276,7 @@ impl Datapath {
     /// Route a remote pod CIDR to the node that owns it.
     pub fn set_remote(&mut self, cidr: Ipv4Cidr, node_ip: Ipv4Addr) -> Result<(), DatapathError> {
         let key = LpmV4Key::new(u32::from(cidr.prefix()), be_addr(cidr.addr()));
+        self.remotes.insert(cidr);
         self.remote
             .insert(
                 &key,
@@ -287,10 +293,21 @@ impl Datapath {
     }
 
     pub fn remove_remote(&mut self, cidr: Ipv4Cidr) {
+        self.remotes.remove(&cidr);
         let key = LpmV4Key::new(u32::from(cidr.prefix()), be_addr(cidr.addr()));
         if let Err(error) = self.remote.remove(&key) {
             tracing::debug!(%cidr, %error, "remote cidr was not in the map");
         }
+    }
+
+    /// Remote pod CIDRs in the LPM map now.
+    pub fn remote_count(&self) -> usize {
+        self.remotes.len()
+    }
+
+    /// The flow table's size (fixed at load).
+    pub fn max_flows(&self) -> u32 {
+        self.max_flows
     }
 
     /// One per-CPU counter, summed over CPUs.

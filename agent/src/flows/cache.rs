@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lumen_api::flow::{Counters, EndReason};
 
-use super::decode::{Observed, Totals, Widened, decode};
+use super::decode::{Observed, Widened, decode};
 use crate::datapath::abi::{FlowKey, FlowValue};
 
 /// When flows get records.
@@ -46,7 +46,6 @@ pub struct Emitted {
 struct Tracked {
     value: FlowValue,
     widened: Widened,
-    totals: Totals,
     /// Unwrapped once, at first sight (the kernel keeps 32 bits of it).
     first_ns: u64,
     exported: (Counters, Counters),
@@ -59,12 +58,11 @@ struct Tracked {
 impl Tracked {
     fn new(value: FlowValue, now: u64) -> Self {
         let mut widened = Widened::default();
-        let totals = widened.update(&value);
+        widened.update(&value);
         Self {
             first_ns: value.first_ns(),
             value,
             widened,
-            totals,
             exported: (Counters::default(), Counters::default()),
             last_export: now,
             last_snapshot: 0,
@@ -78,14 +76,14 @@ impl Tracked {
         if self.widened.is_behind(&value) {
             return;
         }
-        self.totals = self.widened.update(&value);
+        self.widened.update(&value);
         let last_ns = self.value.last_ns.max(value.last_ns);
         self.value = value;
         self.value.last_ns = last_ns;
     }
 
     fn observed(&self, key: &FlowKey) -> Observed {
-        decode(key, &self.value, self.totals, self.first_ns)
+        decode(key, &self.value, self.widened.totals(), self.first_ns)
     }
 
     fn emit(&mut self, key: &FlowKey, reason: Option<EndReason>) -> Emitted {

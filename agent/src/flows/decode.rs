@@ -75,6 +75,11 @@ impl Widened {
         })
     }
 
+    /// The totals as of the last reading.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
     /// Advance by what the kernel counters moved since the last reading.
     pub fn update(&mut self, value: &FlowValue) -> Totals {
         for i in 0..2 {

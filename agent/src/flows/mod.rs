@@ -20,12 +20,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lumen_api::flow::{Counters, DropReason, FlowEvent, FlowStats, LostEvents, LostSource};
+use lumen_api::flow::{
+    Counters, DirectionTraffic, DropReason, EndReason, FlowEvent, FlowStats, LostEvents,
+    LostSource, Traffic,
+};
 use tokio::sync::watch;
 
 use crate::cluster::ClusterState;
-use crate::datapath::abi::{EVENT_DROP, FlowEvent as RawEvent, counter};
+use crate::datapath::abi::{
+    DIR_EGRESS, DIR_INGRESS, DROP_MAX, EVENT_DROP, FlowEvent as RawEvent, counter,
+};
 use crate::datapath::{Datapath, FlowMaps};
+use crate::metrics::Metrics;
 use cache::{Emitted, FlowCache, Timeouts};
 use enrich::{ClusterLookup, enrich};
 use filter::ExportFilter;
@@ -79,6 +85,7 @@ impl Flows {
         cluster: watch::Receiver<Arc<ClusterState>>,
         config: FlowConfig,
         sinks: Vec<Box<dyn Sink>>,
+        metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, FlowError> {
         let hub = Arc::new(Hub::new(node, config.recent));
         let stats = Arc::new(Mutex::new(FlowStats {
@@ -98,6 +105,7 @@ impl Flows {
                 hub: hub.clone(),
                 filter: config.export,
                 sinks,
+                metrics,
                 stats: stats.clone(),
                 mono_to_epoch: clock::mono_to_epoch(),
             },
@@ -167,6 +175,8 @@ struct Emitter {
     hub: Arc<Hub>,
     filter: ExportFilter,
     sinks: Vec<Box<dyn Sink>>,
+    /// Per-pod series, when switched on.
+    metrics: Option<Arc<Metrics>>,
     stats: Arc<Mutex<FlowStats>>,
     mono_to_epoch: u64,
 }
@@ -236,7 +246,13 @@ impl Collector {
         self.emitter.refresh_lookup();
         // Streamed both ways: neither the table nor the records it yields are
         // ever held whole (100,000 flows would be tens of MB).
-        let entries = self.maps.table.iter().filter_map(Result::ok);
+        let mut table_entries = 0u64;
+        let entries = self
+            .maps
+            .table
+            .iter()
+            .filter_map(Result::ok)
+            .inspect(|_| table_entries += 1);
         let emitter = &mut self.emitter;
         let expired = self.cache.drain(entries, now, |e| emitter.emit(e));
         for key in &expired {
@@ -255,15 +271,17 @@ impl Collector {
         let traffic = self.traffic();
         if let Ok(mut s) = self.emitter.stats.lock() {
             s.active_flows = self.cache.len() as u64;
-            if let Some((total, drops)) = traffic {
-                s.traffic = total;
+            s.table_entries = table_entries;
+            if let Some((traffic, drops)) = traffic {
+                s.traffic = traffic;
                 s.drops = drops;
             }
         }
     }
 
-    /// The per-CPU totals (index 0) and drops by reason (index = reason), summed.
-    fn traffic(&self) -> Option<(Counters, BTreeMap<String, Counters>)> {
+    /// The per-CPU traffic counters, summed: per direction, every packet at
+    /// `d * DROP_MAX` and drops for reason `r` at `d * DROP_MAX + r`.
+    fn traffic(&self) -> Option<(Traffic, BTreeMap<String, Counters>)> {
         let sum = |index: u32| -> Option<Counters> {
             let per_cpu = self.maps.traffic.get(&index, 0).ok()?;
             Some(per_cpu.iter().fold(Counters::default(), |acc, t| Counters {
@@ -271,20 +289,38 @@ impl Collector {
                 bytes: acc.bytes + t.bytes,
             }))
         };
-        let total = sum(0)?;
-        let drops = [
-            DropReason::Policy,
-            DropReason::TunnelKey,
-            DropReason::NoConfig,
-        ]
-        .into_iter()
-        .filter_map(|r| {
-            let c = sum(u32::from(r.code()))?;
-            let name = serde_json::to_value(r).ok()?.as_str()?.to_owned();
-            (c.packets > 0).then_some((name, c))
-        })
-        .collect();
-        Some((total, drops))
+        let mut drops: BTreeMap<String, Counters> = BTreeMap::new();
+        let mut direction = |d: u32| -> Option<DirectionTraffic> {
+            let all = sum(d * DROP_MAX)?;
+            let mut dropped = Counters::default();
+            for reason in [
+                DropReason::Policy,
+                DropReason::TunnelKey,
+                DropReason::NoConfig,
+            ] {
+                let c = sum(d * DROP_MAX + u32::from(reason.code()))?;
+                dropped.packets += c.packets;
+                dropped.bytes += c.bytes;
+                if c.packets > 0 {
+                    let name = serde_json::to_value(reason).ok()?.as_str()?.to_owned();
+                    let slot = drops.entry(name).or_default();
+                    slot.packets += c.packets;
+                    slot.bytes += c.bytes;
+                }
+            }
+            Some(DirectionTraffic {
+                forwarded: Counters {
+                    packets: all.packets.saturating_sub(dropped.packets),
+                    bytes: all.bytes.saturating_sub(dropped.bytes),
+                },
+                dropped,
+            })
+        };
+        let traffic = Traffic {
+            egress: direction(DIR_EGRESS)?,
+            ingress: direction(DIR_INGRESS)?,
+        };
+        Some((traffic, drops))
     }
 }
 
@@ -302,17 +338,29 @@ impl Emitter {
         flow.forward_delta = e.forward_delta;
         flow.reverse_delta = e.reverse_delta;
         let is_final = flow.end_reason.is_some();
+        if is_final && let Some(metrics) = &self.metrics {
+            metrics.pod_record(&flow);
+        }
         if is_final && self.filter.passes(&flow) {
             for sink in &mut self.sinks {
                 sink.record(&flow);
             }
         }
+        let end_reason = flow.end_reason;
         self.hub.publish(FlowEvent::Flow(Box::new(flow)));
         if let Ok(mut s) = self.stats.lock() {
-            if is_final {
-                s.records += 1;
-            } else {
-                s.snapshots += 1;
+            match end_reason {
+                Some(EndReason::ActiveTimeout) => s.periodic += 1,
+                Some(reason) => {
+                    s.records += 1;
+                    if let Some(name) = serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                    {
+                        *s.ended.entry(name).or_default() += 1;
+                    }
+                }
+                None => s.snapshots += 1,
             }
         }
     }
