@@ -8,7 +8,9 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use lumen_api::flow::{Counters, DirectionTraffic, Flow, FlowStats, LostCounts};
+use lumen_api::flow::{
+    Counters, DirectionTraffic, Flow, FlowStats, LostCounts, PolicyRef, RuleAction,
+};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -89,6 +91,7 @@ pub struct Metrics {
     cni_duration: HistogramVec,
     cni_errors: IntCounterVec,
     ipam: IntGaugeVec,
+    policy_hits: IntCounterVec,
     pod_packets: IntCounterVec,
     pod_bytes: IntCounterVec,
     series_refused: IntCounter,
@@ -289,6 +292,13 @@ impl Metrics {
                     &["state"],
                 )
             })?,
+            policy_hits: register(&r, "lumen_policy_rule_hits_total", || {
+                counter_vec(
+                    "lumen_policy_rule_hits_total",
+                    "Flows decided by each NetworkPolicy rule.",
+                    &["policy_namespace", "policy", "rule", "action"],
+                )
+            })?,
             pod_packets: register(&r, "lumen_pod_packets_total", || {
                 counter_vec(
                     "lumen_pod_packets_total",
@@ -329,6 +339,18 @@ impl Metrics {
         }
         for operation in ["add", "del", "check", "gc"] {
             metrics.cni_duration.with_label_values(&[operation]);
+        }
+        for reason in ["policy", "tunnel_key", "no_config"] {
+            metrics.drops.with_label_values(&[reason]);
+            metrics.drop_bytes.with_label_values(&[reason]);
+        }
+        for reason in [
+            "idle_timeout",
+            "end_of_flow",
+            "forced_end",
+            "lack_of_resources",
+        ] {
+            metrics.flows_ended.with_label_values(&[reason]);
         }
         Ok(metrics)
     }
@@ -392,6 +414,25 @@ impl Metrics {
         }
         series.insert(key);
         true
+    }
+
+    /// Hits of each policy rule so far (monotonic per rule).
+    pub fn policy_hits<'a>(&self, hits: impl IntoIterator<Item = (&'a PolicyRef, u64)>) {
+        for (rule, n) in hits {
+            let action = match rule.action {
+                RuleAction::Allow => "allow",
+                RuleAction::Drop => "drop",
+            };
+            sync(
+                &self.policy_hits.with_label_values(&[
+                    rule.namespace.as_str(),
+                    rule.name.as_str(),
+                    rule.rule.as_str(),
+                    action,
+                ]),
+                n,
+            );
+        }
     }
 
     /// Bring every family up to `snap` and render the text format.

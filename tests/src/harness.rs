@@ -49,16 +49,24 @@ pub fn lab(name: &str, nodes: u32, pods: u32) -> LabGuard {
 
 /// [`lab`] with extra flags for every agent.
 pub fn lab_with(name: &str, nodes: u32, pods: u32, agent_args: &[&str]) -> LabGuard {
-    require_binaries();
-    // A previous run killed mid-way may have left a lab of this name.
-    let _ = lumen_lab::down(name, Path::new(lumen_lab::DEFAULT_STATE_ROOT));
-    let config = LabConfig {
+    lab_with_config(LabConfig {
         name: name.to_owned(),
         nodes,
         pods_per_node: pods,
-        bin_dir: bin_dir(),
         agent_args: agent_args.iter().map(|a| (*a).to_owned()).collect(),
         ..LabConfig::default()
+    })
+}
+
+/// A lab built from `config`, with this build's binaries.
+pub fn lab_with_config(config: LabConfig) -> LabGuard {
+    require_binaries();
+    let name = config.name.clone();
+    // A previous run killed mid-way may have left a lab of this name.
+    let _ = lumen_lab::down(&name, &config.state_root);
+    let config = LabConfig {
+        bin_dir: bin_dir(),
+        ..config
     };
     LabGuard::up(&config, &mut |_| {}).unwrap_or_else(|e| panic!("lab {name} up: {e}"))
 }
@@ -83,17 +91,13 @@ pub fn probe(lab: &str, from: &str, to: &str, spec: &str) -> ProbeReport {
     })
 }
 
-/// `GET /v1/flows?QUERY` from the agent at `socket` (no follow), parsed.
-pub fn flows(socket: &Path, query: &str) -> Vec<lumen_api::FlowEvent> {
+/// `GET PATH` from the agent at `socket`: the body of a 200 answer.
+pub fn get_text(socket: &Path, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
     // HTTP/1.0: the body ends when the server closes, no chunking to undo.
-    write!(
-        stream,
-        "GET /v1/flows?{query} HTTP/1.0\r\nHost: agent\r\n\r\n"
-    )
-    .expect("request");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").expect("request");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("response");
     let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP response");
@@ -101,7 +105,29 @@ pub fn flows(socket: &Path, query: &str) -> Vec<lumen_api::FlowEvent> {
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}\n{body}"
     );
-    body.lines()
+    body.to_owned()
+}
+
+/// One sample of a Prometheus text exposition by its series as the agent writes
+/// it (`name{label="v",…}`, labels sorted); 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            if name == series {
+                value.parse().ok()
+            } else {
+                None
+            }
+        })
+        .unwrap_or(0.0)
+}
+
+/// `GET /v1/flows?QUERY` from the agent at `socket` (no follow), parsed.
+pub fn flows(socket: &Path, query: &str) -> Vec<lumen_api::FlowEvent> {
+    get_text(socket, &format!("/v1/flows?{query}"))
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}")))
         .collect()
@@ -165,6 +191,38 @@ pub fn eth0_counters() -> [u64; 4] {
         })
         .unwrap_or_default();
     [n[1], n[0], n[9], n[8]]
+}
+
+/// Pod interface counters around `f`, as IP-level (packets, bytes) sent and received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub sent: (u64, u64),
+    pub received: (u64, u64),
+}
+
+pub fn measured<T>(f: impl FnOnce() -> T) -> (T, Seen) {
+    let before = eth0_counters();
+    let out = f();
+    // Replies may still be in flight when `f` returns.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = eth0_counters();
+    let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let seen = Seen {
+        received: (d[0], d[1] - 14 * d[0]),
+        sent: (d[2], d[3] - 14 * d[2]),
+    };
+    (out, seen)
+}
+
+/// Every GSO/GRO offload off in a pod, so each skb its interface counts is one
+/// packet on the wire.
+pub fn offloads_off(netns: &str) {
+    let status = Command::new("ip")
+        .args(["netns", "exec", netns, "ethtool", "-K", "eth0"])
+        .args(["tso", "off", "gso", "off", "gro", "off"])
+        .status()
+        .expect("ethtool runs (install with: cargo xtask deps)");
+    assert!(status.success(), "ethtool -K in {netns}");
 }
 
 /// `lumen lab status --name LAB -o json`.

@@ -5,13 +5,12 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lumen_api::Flow;
 use lumen_api::flow::{EndReason, FlowType, Protocol, TcpFlags, Verdict};
 use lumen_lab::netio::probe::{Proto, probe, transfer};
-use lumen_tests::harness::{self, eth0_counters, in_netns, wait_flows};
+use lumen_tests::harness::{self, Seen, in_netns, measured, offloads_off, wait_flows};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -25,43 +24,11 @@ fn now_ns() -> u64 {
     .expect("fits")
 }
 
-/// Pod interface counters around `f`, as IP-level (packets, bytes) sent and received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seen {
-    sent: (u64, u64),
-    received: (u64, u64),
-}
-
-fn measured<T>(f: impl FnOnce() -> T) -> (T, Seen) {
-    let before = eth0_counters();
-    let out = f();
-    // Replies may still be in flight when `f` returns.
-    std::thread::sleep(Duration::from_millis(300));
-    let after = eth0_counters();
-    let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-    let seen = Seen {
-        received: (d[0], d[1] - 14 * d[0]),
-        sent: (d[2], d[3] - 14 * d[2]),
-    };
-    (out, seen)
-}
-
 struct Pods {
     client: PathBuf,
     socket: [PathBuf; 2],
     intra: Ipv4Addr,
     inter: Ipv4Addr,
-}
-
-/// Every GSO/GRO offload off in a pod, so each skb its interface counts is one
-/// packet on the wire.
-fn offloads_off(netns: &str) {
-    let status = Command::new("ip")
-        .args(["netns", "exec", netns, "ethtool", "-K", "eth0"])
-        .args(["tso", "off", "gso", "off", "gro", "off"])
-        .status()
-        .expect("ethtool runs (install with: cargo xtask deps)");
-    assert!(status.success(), "ethtool -K in {netns}");
 }
 
 fn the_flow(flows: &[Flow], port: u16, reason: Option<EndReason>) -> Option<&Flow> {

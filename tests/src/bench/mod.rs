@@ -7,6 +7,7 @@
 //! Errors are `anyhow` here rather than one enum per module: these modules serve only
 //! the bench binary, which prints the chain of context and exits non-zero.
 
+pub mod alloc;
 pub mod baseline;
 pub mod bpf;
 pub mod cni;
@@ -14,6 +15,7 @@ pub mod datapath;
 pub mod export;
 pub mod iperf;
 pub mod memory;
+pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod report;

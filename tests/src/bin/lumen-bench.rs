@@ -8,7 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use lumen_tests::bench::{bpf, cni, datapath, export, memory, rr};
+use lumen_tests::bench::{bpf, cni, datapath, export, memory, metrics, rr};
+
+#[global_allocator]
+static ALLOC: lumen_tests::bench::alloc::Counting = lumen_tests::bench::alloc::Counting;
 
 #[derive(Debug, Parser)]
 #[command(about = "Lumen benchmarks: each figure next to its baseline, then a verdict per target")]
@@ -39,6 +42,15 @@ enum Bench {
         /// Calls in flight in the concurrent phases.
         #[arg(long, default_value_t = 20)]
         concurrency: usize,
+    },
+    /// Cost of rendering /metrics with many policy rules and flows.
+    Metrics {
+        #[arg(long, default_value_t = 10_000)]
+        rules: usize,
+        #[arg(long, default_value_t = 100_000)]
+        flows: u64,
+        #[arg(long, default_value_t = 21)]
+        scrapes: usize,
     },
     /// Agent RSS and kernel flow-table memory with many active flows.
     Memory {
@@ -107,6 +119,15 @@ fn run(args: Args) -> Result<()> {
         }),
         Bench::Cni { pods, concurrency } => cni::run(cni::Options { pods, concurrency }),
         Bench::Memory { flows } => memory::run(memory::Options { flows }),
+        Bench::Metrics {
+            rules,
+            flows,
+            scrapes,
+        } => metrics::run(metrics::Options {
+            rules,
+            flows,
+            scrapes,
+        }),
         Bench::Bpf { runs, repeat } => bpf::run(bpf::Options { runs, repeat }),
         Bench::Export { records, runs } => export::run(export::Options { records, runs }),
         Bench::RrServer { netns, port } => rr::serve(&netns, port),
