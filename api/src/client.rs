@@ -44,6 +44,14 @@ pub enum ClientError {
     Status { status: u16, body: String },
 }
 
+/// A text answer (see [`Client::get_text`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text {
+    /// The answer's `Content-Type`, if it had one.
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
 /// A client for one agent socket.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -69,6 +77,27 @@ impl Client {
         decode(status, &body)
     }
 
+    /// `GET path`, answered with text such as `/metrics`: the body and its
+    /// `Content-Type`, exactly as the agent sent them. A non-2xx answer is
+    /// [`ClientError::Status`].
+    pub fn get_text(&self, path: &str) -> Result<Text, ClientError> {
+        let (head, mut answer) = self.open("GET", path, None)?;
+        let mut body = Vec::new();
+        answer
+            .read_to_end(&mut body)
+            .map_err(|e| self.read_error(e))?;
+        if !(200..300).contains(&head.status) {
+            return Err(refusal(head.status, &body));
+        }
+        let body = String::from_utf8(body).map_err(|_| ClientError::Protocol {
+            reason: "text body not utf-8".to_owned(),
+        })?;
+        Ok(Text {
+            content_type: head.content_type,
+            body,
+        })
+    }
+
     /// `POST path` with a JSON body, decoding a JSON answer.
     pub fn post<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -87,12 +116,12 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<(u16, Vec<u8>), ClientError> {
-        let (status, mut answer) = self.open(method, path, body)?;
+        let (head, mut answer) = self.open(method, path, body)?;
         let mut out = Vec::new();
         answer
             .read_to_end(&mut out)
             .map_err(|e| self.read_error(e))?;
-        Ok((status, out))
+        Ok((head.status, out))
     }
 
     /// `GET path_and_query`, answered with newline-delimited text (NDJSON): the
@@ -106,13 +135,13 @@ impl Client {
         path_and_query: &str,
         idle: Option<Duration>,
     ) -> Result<LineStream, ClientError> {
-        let (status, mut answer) = self.open("GET", path_and_query, None)?;
-        if !(200..300).contains(&status) {
+        let (head, mut answer) = self.open("GET", path_and_query, None)?;
+        if !(200..300).contains(&head.status) {
             let mut body = Vec::new();
             answer
                 .read_to_end(&mut body)
                 .map_err(|e| self.read_error(e))?;
-            return Err(refusal(status, &body));
+            return Err(refusal(head.status, &body));
         }
         let conn = answer.reader.get_mut();
         conn.deadline = None;
@@ -148,7 +177,7 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<&[u8]>,
-    ) -> Result<(u16, Body<BufReader<Conn>>), ClientError> {
+    ) -> Result<(Head, Body<BufReader<Conn>>), ClientError> {
         let deadline = Instant::now() + self.timeout;
         let mut stream =
             UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
@@ -176,8 +205,9 @@ impl Client {
             deadline: Some(deadline),
             idle: None,
         });
-        let (status, framing) = read_head(&mut reader).map_err(|e| self.read_error(e))?;
-        Ok((status, Body::new(reader, framing)))
+        let head = read_head(&mut reader).map_err(|e| self.read_error(e))?;
+        let framing = head.framing;
+        Ok((head, Body::new(reader, framing)))
     }
 
     /// A failed read: garbled framing is a protocol error, anything else I/O.
@@ -289,10 +319,19 @@ enum Framing {
     Close,
 }
 
-/// The status code and body framing of an HTTP/1.1 answer. Nothing at all before
-/// EOF is `UnexpectedEof`: the agent took the request and went away before
-/// answering (killed or restarting), and the caller may try again later.
-fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Framing)> {
+/// What an answer's head says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    status: u16,
+    framing: Framing,
+    content_type: Option<String>,
+}
+
+/// The status code, body framing and content type of an HTTP/1.1 answer.
+/// Nothing at all before EOF is `UnexpectedEof`: the agent took the request and
+/// went away before answering (killed or restarting), and the caller may try
+/// again later.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Head> {
     let status_line = read_line(reader)?;
     let status = status_line
         .split_whitespace()
@@ -300,13 +339,18 @@ fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Framing)> {
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| invalid("bad status line"))?;
     let mut framing = Framing::Close;
+    let mut content_type = None;
     for _ in 0..MAX_HEADERS {
         let line = read_line(reader).map_err(|e| match e.kind() {
             ErrorKind::UnexpectedEof => invalid("no end of headers"),
             _ => e,
         })?;
         if line.is_empty() {
-            return Ok((status, framing));
+            return Ok(Head {
+                status,
+                framing,
+                content_type,
+            });
         }
         let Some((name, value)) = line.split_once(':') else {
             return Err(invalid("bad header line"));
@@ -319,6 +363,8 @@ fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Framing)> {
         } else if name.eq_ignore_ascii_case("content-length") && framing != Framing::Chunked {
             let length = value.parse().map_err(|_| invalid("bad content-length"))?;
             framing = Framing::Length(length);
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value.to_owned());
         }
     }
     Err(invalid("too many headers"))
@@ -506,10 +552,10 @@ mod tests {
     /// Status and whole body of a raw answer, as `request` reads it.
     fn parse(raw: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
         let mut reader = raw;
-        let (status, framing) = read_head(&mut reader)?;
+        let head = read_head(&mut reader)?;
         let mut body = Vec::new();
-        Body::new(reader, framing).read_to_end(&mut body)?;
-        Ok((status, body))
+        Body::new(reader, head.framing).read_to_end(&mut body)?;
+        Ok((head.status, body))
     }
 
     #[test]
@@ -721,6 +767,42 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert!(matches!(items[0], Err(ClientError::Decode(_))));
         assert_eq!(items[1].as_ref().unwrap().event, lost("node-1", 7));
+    }
+
+    #[test]
+    fn get_text_keeps_body_and_content_type() {
+        let metrics = "# TYPE lumen_flows_active gauge\nlumen_flows_active 3\n";
+        let server = OneShot::serve("text", move |mut conn| {
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
+                 transfer-encoding: chunked\r\n\r\n"
+            )
+            .unwrap();
+            chunk(&mut conn, &metrics[..10]);
+            chunk(&mut conn, &metrics[10..]);
+            conn.write_all(b"0\r\n\r\n").unwrap();
+        });
+        let text = server
+            .client(Duration::from_secs(2))
+            .get_text("/metrics")
+            .unwrap();
+        assert_eq!(text.body, metrics);
+        assert_eq!(
+            text.content_type.as_deref(),
+            Some("text/plain; version=0.0.4")
+        );
+        assert_eq!(server.request_line(), "GET /metrics HTTP/1.1");
+
+        let server = OneShot::serve("text-404", |mut conn| {
+            conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nno metric")
+                .unwrap();
+        });
+        let err = server
+            .client(Duration::from_secs(2))
+            .get_text("/metrics")
+            .unwrap_err();
+        assert_eq!(err.to_string(), "the agent answered HTTP 404: no metric");
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub const UNDERLAY_CIDR: &str = "192.0.2.0/24";
 pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// The lab's IPFIX collector listens on the underlay gateway, on the IANA port.
 pub const COLLECTOR_PORT: u16 = 4739;
+/// The metrics relay serves node `i` on `127.0.0.1:<base + i>`, from the first
+/// base at or above this one whose ports are all free (so node-1 is on 19965,
+/// as in `dashboards/prometheus/scrape-lab.yml`).
+pub const DEFAULT_RELAY_PORT_BASE: u16 = 19964;
+/// The lab's Prometheus listens on the first free loopback port from this one
+/// (Prometheus's own default).
+pub const PROMETHEUS_PORT: u16 = 9090;
 /// The external host's address (TEST-NET-3).
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The underlay's side of the external host's link.
@@ -58,6 +65,11 @@ pub struct LabConfig {
     pub agent_args: Vec<String>,
     /// Run an IPFIX collector (nfcapd) in the underlay and export every node's flows to it.
     pub collector: bool,
+    /// Run a Prometheus server (`/usr/bin/prometheus`) on loopback in the root
+    /// namespace, scraping every node agent through the metrics relay.
+    pub prometheus: bool,
+    /// Where the metrics relay's ports start (see [`DEFAULT_RELAY_PORT_BASE`]).
+    pub relay_port_base: u16,
 }
 
 impl Default for LabConfig {
@@ -70,6 +82,8 @@ impl Default for LabConfig {
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             agent_args: Vec::new(),
             collector: false,
+            prometheus: false,
+            relay_port_base: DEFAULT_RELAY_PORT_BASE,
         }
     }
 }

@@ -67,8 +67,9 @@ impl fmt::Display for DownReport {
 
 /// Remove lab `name` whose state lives under `state_root`. Idempotent.
 ///
-/// Processes are found both through the namespaces (`ip netns pids`), which works
-/// after a crash of `lumen lab up`, and through the state file. Every step is tried
+/// Processes are found through the namespaces (`ip netns pids`) and the lab's
+/// mark ([`process::marked`]), which work after a crash of `lumen lab up`, and
+/// through the state file. Every step is tried
 /// even if an earlier one failed; the first failure is returned, and the state
 /// directory is kept then so a second `down` still knows the lab's pids.
 pub fn down(name: &str, state_root: &Path) -> Result<DownReport, LabError> {
@@ -87,11 +88,19 @@ pub fn down(name: &str, state_root: &Path) -> Result<DownReport, LabError> {
         // A namespace deleted under our feet has no processes left to find.
         pids.extend(topology::netns_pids(ns).unwrap_or_default());
     }
+    let dir = config::state_dir(state_root, name);
     if let Ok(state) = LabState::load(name, state_root) {
-        // A recorded pid may have been reused since: only stop lumen processes.
-        let ours = |pid: &u32| process::cmdline(*pid).is_some_and(|c| c.contains("lumen"));
+        // A recorded pid may have been reused since: only stop lumen processes
+        // (Prometheus names the lab's state directory on its command line).
+        let inside = format!("{}/", dir.display());
+        let ours = |pid: &u32| {
+            process::cmdline(*pid).is_some_and(|c| c.contains("lumen") || c.contains(&inside))
+        };
         pids.extend(state.pids().into_iter().filter(ours));
     }
+    // The lab's processes in the root namespace (Prometheus, the metrics relay)
+    // carry the lab's mark, found even without a state file.
+    pids.extend(process::marked(&dir));
     pids.remove(&std::process::id());
     let pids: Vec<u32> = pids.into_iter().collect();
     report.killed = process::terminate(&pids, GRACE);
@@ -120,7 +129,6 @@ pub fn down(name: &str, state_root: &Path) -> Result<DownReport, LabError> {
         }
     }
 
-    let dir = config::state_dir(state_root, name);
     if first_error.is_none() && dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|source| LabError::Io {
             action: "remove state directory",

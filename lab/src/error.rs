@@ -107,6 +107,19 @@ pub enum LabError {
     },
     #[error("the probe from {from} to {to} panicked")]
     ProbePanicked { from: String, to: String },
+    #[error("{path} is not installed; install with: cargo xtask deps")]
+    Missing { path: PathBuf },
+    #[error("no free loopback port for {what} from {from} on")]
+    NoFreePort { what: &'static str, from: u16 },
+    #[error("{name} is not ready after {waited:?}; {log} ends with:\n{log_tail}")]
+    NotReady {
+        name: String,
+        waited: Duration,
+        log: PathBuf,
+        log_tail: String,
+    },
+    #[error("the metrics relay failed")]
+    Relay(#[source] crate::relay::RelayError),
     #[error("cannot install the {signal} handler")]
     Signal {
         signal: &'static str,

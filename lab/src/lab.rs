@@ -3,7 +3,7 @@
 //! namespace / address is X" for `exec`, `probe` and the tests.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
@@ -18,7 +18,8 @@ use crate::config::{self, LabConfig};
 use crate::down::{DownReport, down};
 use crate::manifest;
 use crate::process;
-use crate::state::{External, LabState, Node, Pod, create_dir, write_atomic};
+use crate::prometheus;
+use crate::state::{External, LabState, Node, Pod, Prometheus, create_dir, write_atomic};
 use crate::status::{self, Status};
 use crate::topology::{self, describe};
 
@@ -26,6 +27,10 @@ use crate::topology::{self, describe};
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long an echo server gets to bind its ports.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the metrics relay gets to listen.
+const RELAY_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long Prometheus gets to open its TSDB and answer `/-/ready`.
+const PROMETHEUS_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One finished step of `up`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +69,15 @@ pub enum Progress {
         dir: PathBuf,
         pid: u32,
     },
+    RelayStarted {
+        /// Each node and where its metrics are served.
+        targets: Vec<(String, SocketAddr)>,
+        pid: u32,
+    },
+    PrometheusStarted {
+        url: String,
+        pid: u32,
+    },
 }
 
 impl fmt::Display for Progress {
@@ -82,6 +96,18 @@ impl fmt::Display for Progress {
                 f,
                 "IPFIX collector nfcapd on {url} writing {} (pid {pid})",
                 dir.display()
+            ),
+            Self::RelayStarted { targets, pid } => {
+                let targets: Vec<String> = targets
+                    .iter()
+                    .map(|(node, addr)| format!("{node} on {addr}"))
+                    .collect();
+                write!(f, "metrics relay: {} (pid {pid})", targets.join(", "))
+            }
+            Self::PrometheusStarted { url, pid } => write!(
+                f,
+                "Prometheus on {url} scraping every {} (pid {pid})",
+                prometheus::SCRAPE_INTERVAL
             ),
         }
     }
@@ -113,6 +139,11 @@ impl Lab {
                 });
             }
         }
+        if config.prometheus && !Path::new(prometheus::BINARY).is_file() {
+            return Err(LabError::Missing {
+                path: PathBuf::from(prometheus::BINARY),
+            });
+        }
         ensure_absent(config)?;
         let config = LabConfig {
             bin_dir,
@@ -121,7 +152,7 @@ impl Lab {
         let mut lab = Self {
             state: LabState::plan(&config),
         };
-        match lab.build(progress) {
+        match lab.build(&config, progress) {
             Ok(()) => Ok(lab),
             Err(err) => {
                 // The build error is what the caller needs; a cleanup failure would
@@ -175,6 +206,11 @@ impl Lab {
 
     pub fn external(&self) -> &External {
         &self.state.external
+    }
+
+    /// The lab's Prometheus, if it runs one.
+    pub fn prometheus(&self) -> Option<&Prometheus> {
+        self.state.prometheus.as_ref()
     }
 
     /// The network namespace of a pod, a node, `external` or `underlay` (a lab
@@ -300,7 +336,11 @@ impl Lab {
 
     // === building ===
 
-    fn build(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), LabError> {
+    fn build(
+        &mut self,
+        config: &LabConfig,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), LabError> {
         self.create_dirs()?;
         self.state.save()?;
 
@@ -332,6 +372,9 @@ impl Lab {
 
         self.start_agents(progress)?;
         self.attach_pods(progress)?;
+        if config.prometheus {
+            self.start_prometheus(config, progress)?;
+        }
         Ok(())
     }
 
@@ -398,6 +441,69 @@ impl Lab {
         progress(Progress::CollectorStarted {
             url: collector.url,
             dir: collector.dir,
+            pid,
+        });
+        Ok(())
+    }
+
+    /// The metrics relay, then Prometheus scraping it; each pid is saved as soon
+    /// as the process exists, so `down` finds it whatever happens next.
+    fn start_prometheus(
+        &mut self,
+        config: &LabConfig,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), LabError> {
+        let planned = prometheus::plan(
+            &self.state,
+            config.relay_port_base,
+            prometheus::default_rule_files(),
+        )?;
+        self.state.prometheus = Some(planned.clone());
+        self.state.save()?;
+
+        let relay_log = &planned.relay.log;
+        let mut relay =
+            process::spawn_detached(&mut prometheus::relay_command(&self.state), relay_log)?;
+        let relay_pid = relay.id();
+        if let Some(p) = self.state.prometheus.as_mut() {
+            p.relay.pid = Some(relay_pid);
+        }
+        self.state.save()?;
+        let targets: Vec<(String, SocketAddr)> = planned
+            .relay
+            .targets
+            .iter()
+            .map(|t| (t.node.clone(), t.listen))
+            .collect();
+        let addrs: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
+        prometheus::wait_relay(&mut relay, &addrs, relay_log, RELAY_READY_TIMEOUT)?;
+        progress(Progress::RelayStarted {
+            targets,
+            pid: relay_pid,
+        });
+
+        write_atomic(
+            &planned.config_file,
+            prometheus::scrape_config(&planned).as_bytes(),
+        )?;
+        create_dir(&planned.data_dir)?;
+        let mut server = process::spawn_detached(
+            &mut prometheus::command(&self.state, &planned),
+            &planned.log,
+        )?;
+        let pid = server.id();
+        if let Some(p) = self.state.prometheus.as_mut() {
+            p.pid = Some(pid);
+        }
+        self.state.save()?;
+        prometheus::wait_ready(
+            &mut server,
+            planned.listen,
+            &planned.log,
+            PROMETHEUS_READY_TIMEOUT,
+        )?;
+        progress(Progress::PrometheusStarted {
+            url: planned.url,
             pid,
         });
         Ok(())
@@ -635,6 +741,31 @@ mod tests {
         cfg.nodes = 0;
         let err = Lab::up(&cfg, &mut |_| {}).unwrap_err();
         assert!(matches!(err, LabError::Config { .. }), "{err}");
+    }
+
+    #[test]
+    fn progress_of_prometheus() {
+        let line = Progress::RelayStarted {
+            targets: vec![
+                ("node-1".into(), "127.0.0.1:19961".parse().unwrap()),
+                ("node-2".into(), "127.0.0.1:19962".parse().unwrap()),
+            ],
+            pid: 7,
+        }
+        .to_string();
+        assert_eq!(
+            line,
+            "metrics relay: node-1 on 127.0.0.1:19961, node-2 on 127.0.0.1:19962 (pid 7)"
+        );
+        let line = Progress::PrometheusStarted {
+            url: "http://127.0.0.1:9090".into(),
+            pid: 8,
+        }
+        .to_string();
+        assert_eq!(
+            line,
+            "Prometheus on http://127.0.0.1:9090 scraping every 5s (pid 8)"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Lumen's lab: a whole cluster on one machine. Nodes, pods, an underlay and an
 //! external host are network namespaces; each node runs a real `lumen-agent`, each
 //! pod is attached by the real `lumen-cni` invoked as a container runtime would, and
-//! runs an echo server. Nothing in the root network namespace is changed.
+//! runs an echo server. Nothing in the root network namespace is changed; the
+//! optional Prometheus there reads the agents through their sockets.
 //!
 //! [`Lab::up`] builds a lab, [`Lab::open`] finds a running one, [`down()`] removes
 //! one completely (even after a crash), and [`LabGuard`] removes it on drop.
@@ -14,7 +15,9 @@ pub mod lab;
 pub mod manifest;
 pub mod netio;
 pub mod process;
+pub mod prometheus;
 pub mod reach;
+pub mod relay;
 pub mod state;
 pub mod status;
 pub mod topology;
@@ -26,5 +29,7 @@ pub use down::{DownReport, down};
 pub use error::LabError;
 pub use lab::{Lab, LabGuard, Progress};
 pub use reach::ProbeReport;
-pub use state::{Collector, External, LabState, Node, Pod, Underlay};
+pub use state::{
+    Collector, External, LabState, MetricsRelay, Node, Pod, Prometheus, RelayTarget, Underlay,
+};
 pub use status::Status;

@@ -1,5 +1,6 @@
-//! The lab's long-running processes (agents, echo servers): starting them detached
-//! with their output in a log file, waiting until they are ready, and stopping them.
+//! The lab's long-running processes (agents, echo servers, Prometheus): starting
+//! them detached with their output in a log file, waiting until they are ready,
+//! finding them again, and stopping them.
 
 use std::fs::OpenOptions;
 use std::path::Path;
@@ -18,6 +19,34 @@ use crate::topology::describe;
 const POLL: Duration = Duration::from_millis(50);
 /// How many log lines an error quotes.
 const TAIL_LINES: usize = 20;
+
+/// The environment variable that marks a process as the lab's: its value is
+/// the lab's state directory. Processes in the root namespace cannot be found
+/// through the lab's namespaces, so `down` looks for this mark instead.
+pub const LAB_DIR_ENV: &str = "LUMEN_LAB_DIR";
+
+/// Mark `cmd` as a process of the lab whose state lives in `state_dir`.
+pub fn mark(cmd: &mut Command, state_dir: &Path) {
+    cmd.env(LAB_DIR_ENV, state_dir);
+}
+
+/// Every running process marked (see [`mark`]) with `state_dir`, with its
+/// children, which inherit the mark.
+pub fn marked(state_dir: &Path) -> Vec<u32> {
+    let mut want = format!("{LAB_DIR_ENV}=").into_bytes();
+    want.extend_from_slice(state_dir.as_os_str().as_encoded_bytes());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == want.as_slice()))
+        })
+        .collect()
+}
 
 /// Start `cmd` in its own process group (so the terminal's Ctrl-C for `lumen lab
 /// up` does not reach it), stdin from /dev/null, stdout and stderr appended to `log`.
@@ -256,6 +285,26 @@ mod tests {
         assert!(child.try_wait().is_err());
         assert_eq!(log_tail(&log, 5), "started");
         assert!(terminate(&[pid], Duration::from_millis(10)).is_empty());
+    }
+
+    #[test]
+    fn marked_processes_are_found_by_state_dir() {
+        let dir = TempDir::new("mark");
+        let lab_dir = dir.0.join("lab");
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        mark(&mut cmd, &lab_dir);
+        let mut child = spawn_detached(&mut cmd, &dir.0.join("sleep.log")).unwrap();
+        let pid = child.id();
+        assert_eq!(marked(&lab_dir), vec![pid]);
+        // Another lab's directory, and a prefix of this one, are not this lab.
+        assert!(marked(&dir.0.join("other")).is_empty());
+        assert!(marked(&dir.0.join("la")).is_empty());
+        assert!(!marked(&dir.0.join("lab")).contains(&std::process::id()));
+        terminate(&[pid], Duration::from_secs(2));
+        // terminate reaped it.
+        assert!(child.try_wait().is_err());
+        assert!(marked(&lab_dir).is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the configuration and filled in (pids, pod IPs) as `up` goes.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use lumen_api::Ipv4Cidr;
@@ -33,6 +33,9 @@ pub struct LabState {
     /// The lab's IPFIX collector, if it runs one.
     #[serde(default)]
     pub collector: Option<Collector>,
+    /// The lab's Prometheus and its metrics relay, if it runs them.
+    #[serde(default)]
+    pub prometheus: Option<Prometheus>,
 }
 
 /// nfcapd in the underlay namespace, receiving every node's IPFIX.
@@ -44,6 +47,40 @@ pub struct Collector {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub pid: Option<u32>,
+}
+
+/// A Prometheus server in the root namespace, on loopback, scraping every node
+/// agent through the metrics relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prometheus {
+    /// `http://127.0.0.1:9090`: the web UI and the HTTP API.
+    pub url: String,
+    pub listen: SocketAddr,
+    /// `prometheus.yml`, written by `up`.
+    pub config_file: PathBuf,
+    /// The TSDB, removed with the lab.
+    pub data_dir: PathBuf,
+    /// Alert rule files the server evaluates.
+    pub rule_files: Vec<PathBuf>,
+    pub log: PathBuf,
+    pub pid: Option<u32>,
+    pub relay: MetricsRelay,
+}
+
+/// `lumen lab relay-metrics`: one loopback port per node, answered from the
+/// node agent's socket (see [`crate::relay`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsRelay {
+    pub targets: Vec<RelayTarget>,
+    pub log: PathBuf,
+    pub pid: Option<u32>,
+}
+
+/// Where the relay serves one node's `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayTarget {
+    pub node: String,
+    pub listen: SocketAddr,
 }
 
 /// The underlay: one namespace with a bridge every node is plugged into.
@@ -181,6 +218,7 @@ impl LabState {
             state_dir,
             agent_args: config.agent_args.clone(),
             collector: None,
+            prometheus: None,
         }
         .with_collector(config.collector)
     }
@@ -244,6 +282,8 @@ impl LabState {
             .filter_map(|n| n.agent_pid)
             .chain(self.pods.iter().filter_map(|p| p.server_pid))
             .chain(self.external.server_pid)
+            .chain(self.prometheus.as_ref().and_then(|p| p.relay.pid))
+            .chain(self.prometheus.as_ref().and_then(|p| p.pid))
             .collect()
     }
 
@@ -346,6 +386,8 @@ pub(crate) mod tests {
             state_root: root.to_owned(),
             agent_args: Vec::new(),
             collector: false,
+            prometheus: false,
+            relay_port_base: config::DEFAULT_RELAY_PORT_BASE,
         }
     }
 

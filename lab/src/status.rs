@@ -2,7 +2,7 @@
 //! pod has according to its node's agent; as JSON and as a readable table.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,6 +23,27 @@ pub struct Status {
     pub pods: Vec<PodStatus>,
     pub external: ExternalStatus,
     pub underlay: UnderlayStatus,
+    /// The lab's Prometheus, if it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrometheusStatus {
+    /// The web UI and HTTP API, e.g. `http://127.0.0.1:9090`.
+    pub url: String,
+    pub pid: Option<u32>,
+    pub alive: bool,
+    pub relay_pid: Option<u32>,
+    pub relay_alive: bool,
+    /// Where the relay serves each node's metrics.
+    pub targets: Vec<TargetStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub node: String,
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +146,22 @@ pub fn gather(state: &LabState) -> Status {
             netns: state.underlay.netns.clone(),
             cidr: state.underlay.cidr,
         },
+        prometheus: state.prometheus.as_ref().map(|p| PrometheusStatus {
+            url: p.url.clone(),
+            pid: p.pid,
+            alive: p.pid.is_some_and(is_alive),
+            relay_pid: p.relay.pid,
+            relay_alive: p.relay.pid.is_some_and(is_alive),
+            targets: p
+                .relay
+                .targets
+                .iter()
+                .map(|t| TargetStatus {
+                    node: t.node.clone(),
+                    listen: t.listen,
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -152,6 +189,21 @@ impl fmt::Display for Status {
             self.external.netns,
             process_cell(self.external.server_pid, self.external.server_alive),
         )?;
+        if let Some(p) = &self.prometheus {
+            let targets: Vec<String> = p
+                .targets
+                .iter()
+                .map(|t| format!("{} on {}", t.node, t.listen))
+                .collect();
+            writeln!(
+                f,
+                "prometheus {} ({}), metrics relay {} ({})",
+                p.url,
+                process_cell(p.pid, p.alive),
+                targets.join(", "),
+                process_cell(p.relay_pid, p.relay_alive),
+            )?;
+        }
         writeln!(f)?;
         let mut nodes = vec![row(["NODE", "NETNS", "UNDERLAY IP", "POD CIDR", "AGENT"])];
         for n in &self.nodes {
@@ -276,6 +328,7 @@ mod tests {
         assert_eq!(json["external"]["ip"], "203.0.113.10");
         assert_eq!(json["external"]["netns"], "t-ext");
         assert_eq!(json["underlay"]["cidr"], "192.0.2.0/24");
+        assert!(json.get("prometheus").is_none(), "{json}");
         let back: Status = serde_json::from_value(json).unwrap();
         assert_eq!(back, status);
 
@@ -285,6 +338,34 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("not started"), "{table}");
+        assert!(!table.contains("prometheus"), "{table}");
+    }
+
+    #[test]
+    fn status_shows_the_prometheus_url() {
+        let mut state = LabState::plan(&config(Path::new("/nonexistent-root")));
+        let mut prometheus =
+            crate::prometheus::plan(&state, crate::config::DEFAULT_RELAY_PORT_BASE, Vec::new())
+                .unwrap();
+        prometheus.pid = Some(std::process::id());
+        let url = prometheus.url.clone();
+        let node1 = prometheus.relay.targets[0].listen;
+        state.prometheus = Some(prometheus);
+        let status = gather(&state);
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["prometheus"]["url"], url.as_str());
+        assert_eq!(json["prometheus"]["alive"], true);
+        assert_eq!(json["prometheus"]["relay_alive"], false);
+        assert_eq!(json["prometheus"]["targets"][0]["node"], "node-1");
+        let table = status.to_string();
+        let line = format!(
+            "prometheus {url} (pid {} running), metrics relay node-1 on {node1}",
+            std::process::id()
+        );
+        assert!(table.contains(&line), "{table}");
+        assert!(table.contains("(not started)"), "{table}");
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back, status);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
+use lumen_lab::config::DEFAULT_RELAY_PORT_BASE;
 use lumen_lab::netio::serve::{self, ServeConfig};
 use lumen_lab::traffic::{self, TrafficConfig};
 use lumen_lab::{DEFAULT_NAME, DEFAULT_STATE_ROOT, Lab, LabConfig, LabError};
@@ -62,6 +63,13 @@ enum LabCommand {
         /// Run an IPFIX collector (nfcapd) in the underlay and export every node's flows to it
         #[arg(long)]
         ipfix_collector: bool,
+        /// Run Prometheus on 127.0.0.1, scraping every node agent (needs /usr/bin/prometheus)
+        #[arg(long)]
+        prometheus: bool,
+        /// With --prometheus: node N's metrics are relayed on 127.0.0.1:<BASE + N>, from the
+        /// first base at or above this one whose ports are free
+        #[arg(long, default_value_t = DEFAULT_RELAY_PORT_BASE)]
+        metrics_relay_base: u16,
     },
     /// Show nodes, pods, their processes and identities
     Status {
@@ -117,6 +125,12 @@ enum LabCommand {
         #[arg(long, default_value = "0.0.0.0")]
         bind: Ipv4Addr,
     },
+    /// Serve each node agent's /metrics on the loopback port `up --prometheus` chose
+    #[command(hide = true)]
+    RelayMetrics {
+        #[command(flatten)]
+        which: Which,
+    },
     /// Steady probes between all pod pairs, until interrupted
     #[command(hide = true)]
     Traffic {
@@ -158,6 +172,8 @@ pub fn run(args: LabArgs) -> Result<ExitCode, LabCmdError> {
             bin_dir,
             agent_args,
             ipfix_collector,
+            prometheus,
+            metrics_relay_base,
         } => {
             let bin_dir = match bin_dir {
                 Some(dir) => dir,
@@ -171,6 +187,8 @@ pub fn run(args: LabArgs) -> Result<ExitCode, LabCmdError> {
                 state_root: which.state_root,
                 agent_args,
                 collector: ipfix_collector,
+                prometheus,
+                relay_port_base: metrics_relay_base,
             })
         }
         LabCommand::Status { which, output } => {
@@ -245,6 +263,12 @@ pub fn run(args: LabArgs) -> Result<ExitCode, LabCmdError> {
             serve::serve(config).map_err(|source| LabCmdError::Serve { name, source })?;
             Ok(ExitCode::SUCCESS)
         }
+        LabCommand::RelayMetrics { which } => {
+            let lab = Lab::open(&which.name, &which.state_root)?;
+            let stop = traffic::stop_on_signals()?;
+            lumen_lab::prometheus::serve_relay(lab.state(), stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Traffic { which, interval_ms } => {
             let lab = Lab::open(&which.name, &which.state_root)?;
             let stop = traffic::stop_on_signals()?;
@@ -298,6 +322,9 @@ fn summary(lab: &Lab) -> String {
     }
     let ext = lab.external();
     out.push_str(&format!("  {:<8} {:<12}\n", ext.name, ext.ip));
+    if let Some(prometheus) = lab.prometheus() {
+        out.push_str(&format!("  prometheus {}\n", prometheus.url));
+    }
 
     let name_arg = if lab.name() == DEFAULT_NAME {
         String::new()
@@ -379,6 +406,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("lumen lab down --name t1"), "{text}");
+        assert!(!text.contains("prometheus"), "{text}");
+    }
+
+    #[test]
+    fn summary_shows_the_prometheus_url() {
+        let root = std::env::temp_dir().join(format!("lumen-cli-prom-{}", std::process::id()));
+        let lab = open_planned(&root, "t2");
+        let mut state = lab.state().clone();
+        state.prometheus =
+            Some(lumen_lab::prometheus::plan(&state, DEFAULT_RELAY_PORT_BASE, Vec::new()).unwrap());
+        state.save().unwrap();
+        let lab = Lab::open("t2", &root).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        let url = lab.prometheus().map(|p| p.url.clone()).unwrap();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        let text = summary(&lab);
+        assert!(text.contains(&format!("  prometheus {url}\n")), "{text}");
     }
 
     #[test]

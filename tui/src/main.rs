@@ -68,6 +68,8 @@ mod tests {
                 "lumen", "lab", "serve", "--name", "pod-1-1", "--ports", "80,81",
             ],
             &["lumen", "lab", "traffic", "--interval-ms", "100"],
+            &["lumen", "lab", "up", "--name", "t1", "--prometheus"],
+            &["lumen", "lab", "relay-metrics", "--name", "t1"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

@@ -38,6 +38,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "ethtool",
         "offloads off in pods for exact flow accounting tests",
     ),
+    (
+        "prometheus",
+        "prometheus/promtool: the demo's server, metrics and rules tests",
+    ),
 ];
 
 #[derive(Debug, Parser)]
@@ -349,7 +353,10 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
     let n = nodes.to_string();
     let p = pods.to_string();
     status(Command::new(&lumen).args(["lab", "down", "--name", "demo"]))?;
-    status(Command::new(&lumen).args([
+    // Prometheus is a convenience of the demo: without it the rest still runs.
+    let with_prometheus = Path::new(PROMETHEUS).is_file();
+    let mut up = Command::new(&lumen);
+    up.args([
         "lab",
         "up",
         "--name",
@@ -359,7 +366,16 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
         "--pods",
         &p,
         "--ipfix-collector",
-    ]))?;
+    ]);
+    if with_prometheus {
+        up.arg("--prometheus");
+    }
+    status(&mut up)?;
+    let prometheus_url = if with_prometheus {
+        Some(demo_prometheus_url(&lumen)?)
+    } else {
+        None
+    };
     let traffic = Command::new(&lumen)
         .args(["lab", "traffic", "--name", "demo"])
         .spawn()
@@ -381,6 +397,12 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
     println!(
         "  nfdump -R /run/lumen-lab/demo/ipfix -o long    # what the collector got (a file a minute)"
     );
+    match &prometheus_url {
+        Some(url) => println!(
+            "  {url}                     # Prometheus: every node agent, scraped every 5 s"
+        ),
+        None => println!("  (install prometheus for a Prometheus server: cargo xtask deps)"),
+    }
     println!("  {} lab status --name demo", lumen.display());
     println!(
         "  {} lab probe --name demo pod-1-1 pod-2-1 80/tcp",
@@ -399,6 +421,29 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
     let _ = traffic.kill();
     let _ = traffic.wait();
     status(Command::new(&lumen).args(["lab", "down", "--name", "demo"]))
+}
+
+/// Where Debian's prometheus package puts the server.
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// The demo lab's Prometheus URL, from `lumen lab status -o json`.
+fn demo_prometheus_url(lumen: &Path) -> Result<String> {
+    let out = Command::new(lumen)
+        .args(["lab", "status", "--name", "demo", "-o", "json"])
+        .output()
+        .context("running lumen lab status")?;
+    if !out.status.success() {
+        bail!(
+            "lumen lab status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("lumen lab status -o json")?;
+    status["prometheus"]["url"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the demo lab has no Prometheus URL in its status")
 }
 
 /// Block until SIGINT or SIGTERM, which then no longer kill xtask itself: the
