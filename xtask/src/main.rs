@@ -235,7 +235,18 @@ fn system_deps() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(missing.iter().map(|(p, _)| *p)),
-    )
+    )?;
+    // Debian starts a Prometheus service on :9090 when systemd runs; the lab
+    // starts its own on loopback, and we leave nothing listening behind.
+    if missing.iter().any(|(p, _)| *p == "prometheus")
+        && Command::new("systemctl")
+            .args(["disable", "--now", "prometheus"])
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        println!("deps: stopped and disabled Debian's prometheus service");
+    }
+    Ok(())
 }
 
 fn build(release: bool) -> Result<()> {
