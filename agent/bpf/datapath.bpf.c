@@ -31,6 +31,13 @@ static __always_inline void observe_addrs(struct flow_obs *obs, struct pkt *p,
 	obs->traced = !!(skb->mark & MARK_TRACE);
 }
 
+/* Count a drop by its reason and drop. */
+static __always_inline int dropped(__u8 reason)
+{
+	count(reason == DROP_POLICY ? CNT_DROP_POLICY : CNT_DROP_TUNNEL_KEY);
+	return TC_ACT_SHOT;
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
@@ -52,26 +59,26 @@ int from_pod(struct __sk_buff *skb)
 	observe_addrs(&obs, &p, cfg, skb, DIR_EGRESS);
 	dst = endpoint_of(p.daddr);
 	if (dst) {
-		flow_track(skb, &p, cfg, &obs);
+		if (flow_track(skb, &p, cfg, &obs))
+			return dropped(obs.drop);
 		count(CNT_LOCAL_REDIRECT);
 		return deliver_local(skb, &p, dst);
 	}
 	rn = remote_of(p.daddr);
 	if (rn) {
 		tag = make_tag(obs.src_identity, skb);
-		if (set_tunnel(skb, rn, tag)) {
+		if (set_tunnel(skb, rn, tag))
 			obs.drop = DROP_TUNNEL_KEY;
-			flow_track(skb, &p, cfg, &obs);
-			count(CNT_DROP_TUNNEL_KEY);
-			return TC_ACT_SHOT;
-		}
-		obs.tag = tag;
-		flow_track(skb, &p, cfg, &obs);
+		else
+			obs.tag = tag;
+		if (flow_track(skb, &p, cfg, &obs))
+			return dropped(obs.drop);
 		count(CNT_TUNNELLED);
 		skb->mark |= MARK_TUNNELLED;
 		return bpf_redirect(cfg->vxlan_ifindex, 0);
 	}
-	flow_track(skb, &p, cfg, &obs);
+	if (flow_track(skb, &p, cfg, &obs))
+		return dropped(obs.drop);
 	count(CNT_TO_STACK);
 	return TC_ACT_OK;
 }
@@ -90,7 +97,8 @@ int to_pod(struct __sk_buff *skb)
 	if (!cfg)
 		return TC_ACT_OK;
 	observe_addrs(&obs, &p, cfg, skb, DIR_INGRESS);
-	flow_track(skb, &p, cfg, &obs);
+	if (flow_track(skb, &p, cfg, &obs))
+		return dropped(obs.drop);
 	return TC_ACT_OK;
 }
 
@@ -116,7 +124,8 @@ int from_overlay(struct __sk_buff *skb)
 		/* The sender's identity comes with the packet: no lookup. */
 		obs.src_identity = key.tunnel_id & TAG_IDENTITY_MASK;
 		obs.tag = key.tunnel_id;
-		flow_track(skb, &p, cfg, &obs);
+		if (flow_track(skb, &p, cfg, &obs))
+			return dropped(obs.drop);
 	}
 	dst = endpoint_of(p.daddr);
 	if (!dst) {
@@ -154,14 +163,12 @@ int to_overlay(struct __sk_buff *skb)
 	}
 	observe_addrs(&obs, &p, cfg, skb, DIR_EGRESS);
 	tag = make_tag(obs.src_identity, skb);
-	if (set_tunnel(skb, rn, tag)) {
+	if (set_tunnel(skb, rn, tag))
 		obs.drop = DROP_TUNNEL_KEY;
-		flow_track(skb, &p, cfg, &obs);
-		count(CNT_DROP_TUNNEL_KEY);
-		return TC_ACT_SHOT;
-	}
-	obs.tag = tag;
-	flow_track(skb, &p, cfg, &obs);
+	else
+		obs.tag = tag;
+	if (flow_track(skb, &p, cfg, &obs))
+		return dropped(obs.drop);
 	count(CNT_HOST_TUNNELLED);
 	return TC_ACT_OK;
 }

@@ -16,6 +16,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "counters.h"
+#include "policy.h"
 
 #define TCP_FIN 0x01
 #define TCP_RST 0x04
@@ -93,8 +94,39 @@ static __always_inline void emit_event(struct __sk_buff *skb, struct flow_key *k
 	count(CNT_EVENTS);
 }
 
-/* Account one packet (a GSO packet counts as its segments) to its flow. */
-static __always_inline void flow_track(struct __sk_buff *skb, struct pkt *p,
+/* Decide the flow's policy verdict for the policy epoch in force. */
+static __always_inline void flow_policy(struct flow_key *key, struct flow_value *v, __u32 epoch)
+{
+	__u16 rule[2];
+	__u32 from, to;
+	__u16 port;
+	int denied;
+
+	if (v->tag & FLOW_F_SIDE1_FIRST) {
+		from = key->addr[1];
+		to = key->addr[0];
+		port = key->port[0];
+	} else {
+		from = key->addr[0];
+		to = key->addr[1];
+		port = key->port[1];
+	}
+	if (key->proto != IPPROTO_TCP && key->proto != IPPROTO_UDP && key->proto != IPPROTO_SCTP)
+		port = 0;
+	denied = policy_decide(from, to, key->proto, bpf_ntohs(port), rule);
+	v->rule[POL_INGRESS] = rule[POL_INGRESS];
+	v->rule[POL_EGRESS] = rule[POL_EGRESS];
+	__sync_fetch_and_and(&v->tag, ~(FLOW_F_DENIED | FLOW_EPOCH_MASK));
+	__sync_fetch_and_or(&v->tag, (denied ? FLOW_F_DENIED : 0) |
+					     ((epoch << FLOW_EPOCH_SHIFT) & FLOW_EPOCH_MASK));
+}
+
+/*
+ * Account one packet (a GSO packet counts as its segments) to its flow, and
+ * decide it against NetworkPolicy. Returns the packet's drop reason: the one the
+ * caller already had (obs->drop), DROP_POLICY, or 0 to forward.
+ */
+static __always_inline __u8 flow_track(struct __sk_buff *skb, struct pkt *p,
 				       struct dp_config *cfg, struct flow_obs *obs)
 {
 	struct flow_key key = {};
@@ -103,7 +135,7 @@ static __always_inline void flow_track(struct __sk_buff *skb, struct pkt *p,
 	__u32 segs, side;
 
 	if (cfg->flags & CFG_NO_FLOWS)
-		return;
+		return obs->drop;
 	parse_l4(skb, p);
 	segs = skb->gso_segs;
 	if (segs == 0)
@@ -125,9 +157,6 @@ static __always_inline void flow_track(struct __sk_buff *skb, struct pkt *p,
 	}
 	key.proto = p->proto;
 	now = bpf_ktime_get_ns();
-	account(obs->dir * DROP_MAX, bytes);
-	if (obs->drop && obs->drop < DROP_MAX)
-		account(obs->dir * DROP_MAX + obs->drop, bytes);
 
 	v = bpf_map_lookup_elem(&flows, &key);
 	if (!v) {
@@ -146,9 +175,18 @@ static __always_inline void flow_track(struct __sk_buff *skb, struct pkt *p,
 		v = bpf_map_lookup_elem(&flows, &key);
 		if (!v) {
 			count(CNT_FLOW_TABLE_FULL);
-			return;
+			return obs->drop;
 		}
 	}
+	if (cfg->flags & CFG_POLICY) {
+		if (((v->tag & FLOW_EPOCH_MASK) >> FLOW_EPOCH_SHIFT) != cfg->policy_epoch)
+			flow_policy(&key, v, cfg->policy_epoch);
+		if ((v->tag & FLOW_F_DENIED) && !obs->drop)
+			obs->drop = DROP_POLICY;
+	}
+	account(obs->dir * DROP_MAX, bytes);
+	if (obs->drop && obs->drop < DROP_MAX)
+		account(obs->dir * DROP_MAX + obs->drop, bytes);
 	/* Constant indexes only (see above). */
 	if (side) {
 		__sync_fetch_and_add(&v->packets[1], segs);
@@ -165,7 +203,8 @@ static __always_inline void flow_track(struct __sk_buff *skb, struct pkt *p,
 	{
 		/* One store for VNI, flags and verdict; a concurrent update of the same
 		 * word on another CPU may win, which only loses a flag it also sets. */
-		__u32 tag = v->tag & (FLOW_F_SIDE1_FIRST | FLOW_F_TRACED | FLOW_F_OVERLAY | TAG_VNI_MASK);
+		__u32 tag = v->tag & (FLOW_F_SIDE1_FIRST | FLOW_F_TRACED | FLOW_F_OVERLAY |
+				      FLOW_F_DENIED | FLOW_EPOCH_MASK | TAG_VNI_MASK);
 
 		if (obs->tag)
 			tag = (tag & ~TAG_VNI_MASK) | (obs->tag & TAG_VNI_MASK) | FLOW_F_OVERLAY;
@@ -180,6 +219,7 @@ static __always_inline void flow_track(struct __sk_buff *skb, struct pkt *p,
 		emit_event(skb, &key, v, EVENT_DROP, cfg, now);
 	else if (p->tcp_flags & (TCP_FIN | TCP_RST))
 		emit_event(skb, &key, v, EVENT_END, cfg, now);
+	return obs->drop;
 }
 
 #endif

@@ -27,6 +27,7 @@ int main(void)
 	FIELD(dp_config, cluster_mask);
 	FIELD(dp_config, flags);
 	FIELD(dp_config, events_per_sec);
+	FIELD(dp_config, policy_epoch);
 	FIELD(flow_key, addr);
 	FIELD(flow_key, port);
 	FIELD(flow_key, proto);
@@ -42,6 +43,19 @@ int main(void)
 	FIELD(flow_event, value);
 	FIELD(flow_event, kind);
 	FIELD(flow_event, ifindex);
+	FIELD(ep_policy, deny_rule);
+	FIELD(ep_policy, first);
+	FIELD(ep_policy, count);
+	FIELD(ep_policy, isolated);
+	FIELD(port_range, proto);
+	FIELD(port_range, from);
+	FIELD(port_range, to);
+	FIELD(policy_rule, id);
+	FIELD(policy_rule, nports);
+	FIELD(policy_rule, ports);
+	FIELD(peer_key, prefixlen);
+	FIELD(peer_key, slot);
+	FIELD(peer_key, addr);
 	FIELD(traffic, packets);
 	FIELD(traffic, bytes);
 	printf("];\n");
@@ -55,6 +69,10 @@ int main(void)
 	SIZE(flow_value);
 	SIZE(flow_event);
 	SIZE(traffic);
+	SIZE(ep_policy);
+	SIZE(port_range);
+	SIZE(policy_rule);
+	SIZE(peer_key);
 	printf("];\n");
 	printf("/// Constants shared with the datapath.\n");
 	printf("pub const C_CONSTS: &[(&str, u64)] = &[\n");
@@ -76,6 +94,14 @@ int main(void)
 	printf("(\"FLOW_F_TRACED\", %u),\n", FLOW_F_TRACED);
 	printf("(\"FLOW_F_OVERLAY\", %u),\n", FLOW_F_OVERLAY);
 	printf("(\"CFG_NO_FLOWS\", %u),\n", CFG_NO_FLOWS);
+	printf("(\"CFG_POLICY\", %u),\n", CFG_POLICY);
+	printf("(\"FLOW_EPOCH_SHIFT\", %u),\n", FLOW_EPOCH_SHIFT);
+	printf("(\"FLOW_F_DENIED\", %u),\n", FLOW_F_DENIED);
+	printf("(\"POL_ISOLATED_INGRESS\", %u),\n", POL_ISOLATED_INGRESS);
+	printf("(\"POL_ISOLATED_EGRESS\", %u),\n", POL_ISOLATED_EGRESS);
+	printf("(\"MAX_RULES_PER_DIRECTION\", %u),\n", MAX_RULES_PER_DIRECTION);
+	printf("(\"RULE_PORTS\", %u),\n", RULE_PORTS);
+	printf("(\"MAX_POLICY_RULES\", %u),\n", MAX_POLICY_RULES);
 	printf("];\n");
 	return 0;
 }

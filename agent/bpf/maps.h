@@ -38,6 +38,7 @@
 
 /* dp_config.flags */
 #define CFG_NO_FLOWS 1u /* flow tracking off (benchmarks measure its cost) */
+#define CFG_POLICY 2u   /* some endpoint is isolated: evaluate NetworkPolicy */
 
 /* A pod attached to this node, keyed by its IPv4 address (network order). */
 struct endpoint {
@@ -68,6 +69,8 @@ struct dp_config {
 	__u32 cluster_mask; /* network order */
 	__u32 flags;        /* CFG_* */
 	__u32 events_per_sec; /* ring-buffer events each CPU may emit a second */
+	__u32 policy_epoch; /* 1..3, advanced on every policy change: older verdicts are re-decided */
+	__u32 _pad;
 };
 
 /* Why the datapath dropped a packet (api::DropReason codes); 0 = forwarded. */
@@ -99,8 +102,11 @@ struct flow_key {
 #define FLOW_F_SIDE1_FIRST (1u << 24) /* side 1 sent the first packet seen */
 #define FLOW_F_TRACED (1u << 25)      /* a packet carried the trace bit */
 #define FLOW_F_OVERLAY (1u << 26)     /* packets crossed the overlay */
-#define TAG_DROP_SHIFT 28             /* enum drop_reason of the last packet */
-#define TAG_DROP_MASK (0xfu << TAG_DROP_SHIFT)
+#define FLOW_F_DENIED (1u << 27)      /* policy denies the flow (both directions) */
+#define FLOW_EPOCH_SHIFT 28           /* policy epoch of the verdict in `rule`; 0 never */
+#define FLOW_EPOCH_MASK (0x3u << FLOW_EPOCH_SHIFT)
+#define TAG_DROP_SHIFT 30             /* enum drop_reason of the last packet */
+#define TAG_DROP_MASK (0x3u << TAG_DROP_SHIFT)
 
 /*
  * What the datapath knows of a flow, in 48 bytes: with the 16-byte key and the
@@ -116,7 +122,7 @@ struct flow_value {
 	__u32 packets[2];
 	__u32 side[2];    /* identity | TCP flags << SIDE_FLAGS_SHIFT, per side */
 	__u32 tag;        /* VNI | FLOW_F_* | drop reason << TAG_DROP_SHIFT */
-	__u16 rule[2];    /* deciding policy rule, ingress and egress; 0 none */
+	__u16 rule[2];    /* deciding policy rule (or default deny), [POL_INGRESS], [POL_EGRESS]; 0 no policy */
 };
 
 /* Ring-buffer records: the flow as it was when its end (FIN/RST) or a drop was seen. */
@@ -162,7 +168,8 @@ enum counter {
 	CNT_EVENTS = 12,            /* ring-buffer events written */
 	CNT_EVENTS_RATE_LIMITED = 13,
 	CNT_EVENTS_LOST = 14,       /* the ring buffer was full */
-	CNT_MAX = 15,
+	CNT_DROP_POLICY = 15,
+	CNT_MAX = 16,
 };
 
 struct {
@@ -228,5 +235,72 @@ struct {
 	__type(key, __u32);
 	__type(value, struct traffic);
 } traffic SEC(".maps");
+
+/*
+ * NetworkPolicy, compiled by the agent. An endpoint isolated for a direction has
+ * its rules in `policy_rules[first .. first + count)`; a rule matches a peer
+ * address through `policy_peers` (LPM keyed by the rule's slot, so `except`
+ * blocks are longer prefixes with `match = 0`) and a port through its ranges.
+ * Rule ids (u16, 0 = none) name a rule or a policy's default deny for flows.
+ */
+#define POL_INGRESS 0
+#define POL_EGRESS 1
+#define POL_ISOLATED_INGRESS 1u
+#define POL_ISOLATED_EGRESS 2u
+#define MAX_POLICY_ENDPOINTS 65536
+#define MAX_POLICY_RULES 65536
+#define MAX_POLICY_PEERS 262144
+#define MAX_RULES_PER_DIRECTION 64
+#define RULE_PORTS 4
+
+struct ep_policy {
+	__u16 deny_rule[2]; /* the default deny's id, per direction */
+	__u16 first[2];     /* first slot in policy_rules, per direction */
+	__u8 count[2];      /* slots, per direction (<= MAX_RULES_PER_DIRECTION) */
+	__u8 isolated;      /* POL_ISOLATED_* */
+	__u8 _pad;
+};
+
+struct port_range {
+	__u8 proto;
+	__u8 _pad;
+	__u16 from; /* host order, inclusive */
+	__u16 to;
+};
+
+struct policy_rule {
+	__u16 id;
+	__u8 nports; /* 0: every protocol and port */
+	__u8 _pad;
+	struct port_range ports[RULE_PORTS];
+};
+
+struct peer_key {
+	__u32 prefixlen; /* 32 + the CIDR's prefix length */
+	__u32 slot;
+	__u32 addr;      /* network order */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_POLICY_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct ep_policy);
+} ep_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_POLICY_RULES);
+	__type(key, __u32);
+	__type(value, struct policy_rule);
+} policy_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_POLICY_PEERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct peer_key);
+	__type(value, __u32);
+} policy_peers SEC(".maps");
 
 #endif

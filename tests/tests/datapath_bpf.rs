@@ -7,13 +7,16 @@ use std::process::Command;
 
 use aya::programs::{TestRun, TestRunOptions};
 use lumen_agent::datapath::abi::{EndpointValue, names};
+use lumen_agent::datapath::policy::{DirectionRules, EndpointRules, RuleEntry};
 use lumen_agent::datapath::{Datapath, FlowSettings};
+use lumen_api::Ipv4Cidr;
 use lumen_tests::bench::netns::Netns;
-use lumen_tests::bench::packet::tcp_syn;
+use lumen_tests::bench::packet::{tcp_packet, tcp_syn};
 use lumen_tests::harness;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
+const TC_ACT_SHOT: u32 = 2;
 
 fn ifindex(ns: &Netns, name: &str) -> u32 {
     let out = Command::new("ip")
@@ -32,12 +35,15 @@ fn syn(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     tcp_syn([0x02, 0, 0, 0, 0, 1], [0xee; 6], src, dst, 40000, 80)
 }
 
-#[test]
-fn forwarding_decisions_in_the_kernel() {
-    if !harness::require_root("forwarding_decisions_in_the_kernel") {
-        return;
-    }
-    let ns = Netns::add("lumen-test-dp").expect("test netns");
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const POD_B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
+const HOST_B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 1];
+
+/// A datapath with two local pods (A, B) and a remote pod CIDR, attached to
+/// veths in a namespace of the test's own, which the calling thread enters.
+fn two_pods(netns: &str) -> (Netns, Datapath) {
+    let ns = Netns::add(netns).expect("test netns");
     for (a, b) in [("hostA", "podA"), ("hostB", "podB"), ("vx", "vxp")] {
         ns.veth(a, b, None, None).expect("veth pair");
     }
@@ -50,17 +56,13 @@ fn forwarding_decisions_in_the_kernel() {
     dp.configure(
         vx,
         Ipv4Addr::new(192, 0, 2, 11),
-        "10.244.0.0/16".parse().unwrap(),
+        "10.244.0.0/16".parse().expect("cidr"),
         FlowSettings::default(),
     )
     .expect("configure");
-    let pod_a = Ipv4Addr::new(10, 244, 1, 1);
-    let pod_b = Ipv4Addr::new(10, 244, 1, 2);
-    let pod_b_mac = [0x02, 0xbb, 0, 0, 0, 2];
-    let host_b_mac = [0x02, 0xbb, 0, 0, 0, 1];
     dp.add_endpoint(
         "hostA",
-        pod_a,
+        POD_A,
         EndpointValue {
             ifindex: ifindex(&ns, "hostA"),
             identity: 257,
@@ -70,36 +72,47 @@ fn forwarding_decisions_in_the_kernel() {
     .expect("endpoint A");
     dp.add_endpoint(
         "hostB",
-        pod_b,
+        POD_B,
         EndpointValue {
             ifindex: host_b,
             identity: 258,
-            mac: pod_b_mac,
-            host_mac: host_b_mac,
+            mac: POD_B_MAC,
+            host_mac: HOST_B_MAC,
             flags: 0,
         },
     )
     .expect("endpoint B");
     dp.set_remote(
-        "10.244.2.0/24".parse().unwrap(),
+        "10.244.2.0/24".parse().expect("cidr"),
         Ipv4Addr::new(192, 0, 2, 12),
     )
     .expect("remote");
+    (ns, dp)
+}
 
-    let run = |dp: &mut Datapath, prog: &'static str, packet: &[u8]| {
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = dp
-            .program(prog)
-            .expect("program")
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .expect("test run");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    };
+/// Run `prog` on `packet`: its verdict and the packet as it left.
+fn run(dp: &mut Datapath, prog: &'static str, packet: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; packet.len() + 256];
+    let result = dp
+        .program(prog)
+        .expect("program")
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .expect("test run");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+#[test]
+fn forwarding_decisions_in_the_kernel() {
+    if !harness::require_root("forwarding_decisions_in_the_kernel") {
+        return;
+    }
+    let (_ns, mut dp) = two_pods("lumen-test-dp");
+    let (pod_a, pod_b, pod_b_mac, host_b_mac) = (POD_A, POD_B, POD_B_MAC, HOST_B_MAC);
 
     // Local pod: redirected into the peer with the pod's MACs.
     let (verdict, out) = run(&mut dp, names::FROM_POD, &syn(pod_a, pod_b));
@@ -137,4 +150,89 @@ fn forwarding_decisions_in_the_kernel() {
     assert_eq!(counters["local_redirect"], 1);
     assert_eq!(counters["tunnelled"], 1);
     assert_eq!(counters["to_stack"], 1);
+}
+
+/// A TCP segment from `src` to `dst` with `flags`.
+fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
+    tcp_packet([[0x02, 0, 0, 0, 0, 1], [0xee; 6]], src, dst, flags)
+}
+
+const SYN: u8 = 0x02;
+const SYN_ACK: u8 = 0x12;
+const ACK: u8 = 0x10;
+
+#[test]
+fn policy_decides_each_flow_in_the_kernel() {
+    if !harness::require_root("policy_decides_each_flow_in_the_kernel") {
+        return;
+    }
+    let (_ns, mut dp) = two_pods("lumen-test-pol");
+    let stranger = Ipv4Addr::new(10, 244, 1, 9);
+    // B is isolated for ingress: rule 5 admits A on TCP 80-80; the default deny is 9.
+    let only_a_on_80 = |deny_id| EndpointRules {
+        ip: POD_B,
+        ingress: Some(DirectionRules {
+            deny_id,
+            rules: vec![RuleEntry {
+                id: 5,
+                peers: vec![(Ipv4Cidr::new(POD_A, 32).expect("cidr"), true)],
+                ports: Some(vec![(6, 80, 80)]),
+            }],
+        }),
+        egress: None,
+    };
+    dp.set_policy(&[only_a_on_80(9)]).expect("policy");
+
+    let allowed = tcp((POD_A, 40000), (POD_B, 80), SYN);
+    assert_eq!(run(&mut dp, names::FROM_POD, &allowed).0, TC_ACT_REDIRECT);
+    // The reply of an allowed flow passes: B's own egress is not isolated, and
+    // A's ingress is not either, but it is the flow's verdict that decides.
+    let reply = tcp((POD_B, 80), (POD_A, 40000), SYN_ACK);
+    assert_eq!(run(&mut dp, names::FROM_POD, &reply).0, TC_ACT_REDIRECT);
+    // Another port, another peer: default deny.
+    let wrong_port = tcp((POD_A, 40001), (POD_B, 81), SYN);
+    assert_eq!(run(&mut dp, names::FROM_POD, &wrong_port).0, TC_ACT_SHOT);
+    let wrong_peer = tcp((stranger, 40002), (POD_B, 80), SYN);
+    assert_eq!(run(&mut dp, names::FROM_POD, &wrong_peer).0, TC_ACT_SHOT);
+    let counters: std::collections::HashMap<_, _> = dp.counters().into_iter().collect();
+    assert_eq!(counters["drop_policy"], 2, "{counters:?}");
+
+    // A new policy that denies everything to B cuts the allowed connection at
+    // its next packet, in both directions, attributed to the new default deny.
+    dp.set_policy(&[EndpointRules {
+        ip: POD_B,
+        ingress: Some(DirectionRules {
+            deny_id: 11,
+            rules: vec![],
+        }),
+        egress: None,
+    }])
+    .expect("deny all");
+    let more = tcp((POD_A, 40000), (POD_B, 80), ACK);
+    assert_eq!(run(&mut dp, names::FROM_POD, &more).0, TC_ACT_SHOT);
+    assert_eq!(run(&mut dp, names::FROM_POD, &reply).0, TC_ACT_SHOT);
+    // No policy at all: everything passes again, the denied flow included.
+    dp.set_policy(&[]).expect("no policy");
+    assert_eq!(
+        run(&mut dp, names::FROM_POD, &wrong_port).0,
+        TC_ACT_REDIRECT
+    );
+
+    // The flow entries name the deciding rules.
+    dp.set_policy(&[only_a_on_80(9)]).expect("policy again");
+    run(&mut dp, names::FROM_POD, &more);
+    run(&mut dp, names::FROM_POD, &wrong_port);
+    let maps = dp.take_flow_maps().expect("flow maps");
+    let rules: std::collections::HashMap<u16, [u16; 2]> = maps
+        .table
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| (u16::from_be(k.port[0]).max(u16::from_be(k.port[1])), v.rule))
+        .collect();
+    assert_eq!(rules[&40000], [5, 0], "allowed by rule 5 (ingress)");
+    assert_eq!(
+        rules[&40001],
+        [9, 0],
+        "denied by the default deny 9 (ingress)"
+    );
 }

@@ -1,5 +1,5 @@
-//! The manifest-directory source: Kubernetes YAML files (Namespace, Node, Pod; more
-//! kinds are ignored) in one directory, re-read whenever a file changes.
+//! The manifest-directory source: Kubernetes YAML files (Namespace, Node, Pod,
+//! NetworkPolicy; more kinds are ignored) in one directory, re-read whenever a file changes.
 //!
 //! Polling file metadata keeps this dependency-free and works on any filesystem;
 //! a half-written file is skipped with a warning and picked up on the next change.
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -144,6 +145,9 @@ pub fn parse_into(state: &mut ClusterState, path: &Path, text: &str) {
             Some("Namespace") => {
                 serde_yaml::from_value::<Namespace>(value).map(|n| state.add_namespace(&n))
             }
+            Some("NetworkPolicy") => {
+                serde_yaml::from_value::<NetworkPolicy>(value).map(|p| state.add_policy(&p))
+            }
             _ => Ok(()),
         };
         if let Err(error) = result {
@@ -157,7 +161,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_nodes_pods_namespaces() {
+    fn parses_nodes_pods_namespaces_policies() {
         let yaml = r#"
 apiVersion: v1
 kind: Node
@@ -175,8 +179,20 @@ kind: Pod
 metadata: {name: a, namespace: x, labels: {app: a}}
 spec:
   nodeName: node-1
-  containers: [{name: c}]
+  containers:
+  - name: c
+    ports:
+    - {name: http, containerPort: 8080}
+    - {containerPort: 9090}
+  - name: d
+    ports: [{name: dns, containerPort: 53, protocol: UDP}]
 status: {podIP: 10.244.1.5}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec:
+  podSelector: {}
 ---
 apiVersion: v1
 kind: ConfigMap
@@ -192,6 +208,16 @@ metadata: {name: ignored}
         assert_eq!(pod.node.as_deref(), Some("node-1"));
         assert_eq!(pod.ip.unwrap().to_string(), "10.244.1.5");
         assert_eq!(pod.labels["app"], "a");
+        let ports: Vec<_> = pod
+            .ports
+            .iter()
+            .map(|p| format!("{}={}/{}", p.name, p.port, p.protocol))
+            .collect();
+        assert_eq!(ports, ["http=8080/TCP", "dns=53/UDP"]);
+        assert_eq!(
+            state.policies.keys().collect::<Vec<_>>(),
+            [&("x".to_owned(), "deny".to_owned())]
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Cluster state: the nodes, namespaces and pods the agent needs to know, behind
-//! one trait with two sources — a manifest directory of Kubernetes YAML (the lab,
+//! Cluster state: the nodes, namespaces, pods and NetworkPolicies the agent needs
+//! to know, behind one trait with two sources — a manifest directory of Kubernetes YAML (the lab,
 //! and anyone without an API server) and, later, Kubernetes watchers.
 
 pub mod manifest;
@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use lumen_api::Ipv4Cidr;
+use lumen_api::flow::Protocol;
 use tokio::sync::watch;
 
 /// A node of the cluster, as far as routing needs it.
@@ -28,14 +30,28 @@ pub struct PodInfo {
     pub node: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub ip: Option<Ipv4Addr>,
+    /// The named container ports of all its containers: NetworkPolicy's named
+    /// ports resolve against them.
+    pub ports: Vec<NamedPort>,
+}
+
+/// A named container port (`spec.containers[].ports[]` with a name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
 }
 
 /// Everything the sources know, replaced whole on every change.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeInfo>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub pods: BTreeMap<(String, String), PodInfo>,
+    /// NetworkPolicies as written, by (namespace, name); the policy engine
+    /// validates them.
+    pub policies: BTreeMap<(String, String), NetworkPolicy>,
 }
 
 /// A source of cluster state: a watch channel that always holds the latest
@@ -102,7 +118,62 @@ impl ClusterState {
                 .as_ref()
                 .and_then(|s| s.pod_ip.as_deref())
                 .and_then(|ip| ip.parse().ok()),
+            ports: named_ports(pod),
         };
         self.pods.insert((namespace, name), info);
     }
+
+    pub fn add_policy(&mut self, policy: &NetworkPolicy) {
+        let Some(name) = policy.metadata.name.clone() else {
+            return;
+        };
+        let namespace = policy
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        self.policies.insert((namespace, name), policy.clone());
+    }
+}
+
+/// A Kubernetes protocol name (`TCP`, `UDP`, `SCTP`: exact, as the API server
+/// accepts them).
+pub fn k8s_protocol(name: &str) -> Option<Protocol> {
+    match name {
+        "TCP" => Some(Protocol::TCP),
+        "UDP" => Some(Protocol::UDP),
+        "SCTP" => Some(Protocol::SCTP),
+        _ => None,
+    }
+}
+
+/// The named ports of every container of `pod`; unnamed ones cannot be referred
+/// to by a policy, and invalid ones are skipped with a warning.
+fn named_ports(pod: &Pod) -> Vec<NamedPort> {
+    let containers = pod.spec.iter().flat_map(|s| &s.containers);
+    containers
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let name = p.name.clone()?;
+            let protocol = p.protocol.as_deref().unwrap_or("TCP");
+            let parsed = (
+                u16::try_from(p.container_port).ok().filter(|&n| n != 0),
+                k8s_protocol(protocol),
+            );
+            let (Some(port), Some(protocol)) = parsed else {
+                tracing::warn!(
+                    pod = ?pod.metadata.name,
+                    port = p.container_port,
+                    protocol,
+                    "ignoring an invalid container port"
+                );
+                return None;
+            };
+            Some(NamedPort {
+                name,
+                port,
+                protocol,
+            })
+        })
+        .collect()
 }

@@ -38,10 +38,63 @@ pub struct DpConfig {
     pub cluster_mask: u32,
     pub flags: u32,
     pub events_per_sec: u32,
+    pub policy_epoch: u32,
+    pub _pad: u32,
 }
 
 /// `dp_config.flags`: flow tracking off.
 pub const CFG_NO_FLOWS: u32 = 1;
+/// `dp_config.flags`: some endpoint is isolated; evaluate NetworkPolicy.
+pub const CFG_POLICY: u32 = 2;
+
+/// `struct ep_policy`: an endpoint's isolation and its rules' slots, indexed by
+/// [`POL_INGRESS`] / [`POL_EGRESS`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EpPolicy {
+    pub deny_rule: [u16; 2],
+    pub first: [u16; 2],
+    pub count: [u8; 2],
+    pub isolated: u8,
+    pub _pad: u8,
+}
+
+pub const POL_INGRESS: usize = 0;
+pub const POL_EGRESS: usize = 1;
+pub const POL_ISOLATED_INGRESS: u8 = 1;
+pub const POL_ISOLATED_EGRESS: u8 = 2;
+pub const MAX_RULES_PER_DIRECTION: usize = 64;
+pub const RULE_PORTS: usize = 4;
+pub const MAX_POLICY_RULES: u32 = 65536;
+
+/// `struct port_range`: host-order ports, inclusive.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortRange {
+    pub proto: u8,
+    pub _pad: u8,
+    pub from: u16,
+    pub to: u16,
+}
+
+/// `struct policy_rule`: one slot of a rule (a rule with more port ranges takes
+/// several slots with the same id).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyRule {
+    pub id: u16,
+    pub nports: u8,
+    pub _pad: u8,
+    pub ports: [PortRange; RULE_PORTS],
+}
+
+/// `struct peer_key` without its prefix length: aya's `Key<PeerKey>` adds it.
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerKey {
+    pub slot: u32,
+    pub addr: u32,
+}
 
 /// `struct flow_key`: a 5-tuple in canonical order (side 0 is the lower
 /// (address, port)); addresses and ports in network order.
@@ -77,7 +130,9 @@ pub const TAG_VNI_MASK: u32 = 0x00ff_ffff;
 pub const FLOW_F_SIDE1_FIRST: u32 = 1 << 24;
 pub const FLOW_F_TRACED: u32 = 1 << 25;
 pub const FLOW_F_OVERLAY: u32 = 1 << 26;
-pub const TAG_DROP_SHIFT: u32 = 28;
+pub const FLOW_F_DENIED: u32 = 1 << 27;
+pub const FLOW_EPOCH_SHIFT: u32 = 28;
+pub const TAG_DROP_SHIFT: u32 = 30;
 
 impl FlowValue {
     /// The identity of side `i` (0 or 1).
@@ -170,6 +225,12 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowValue {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Traffic {}
+// SAFETY: as above.
+unsafe impl aya::Pod for EpPolicy {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PolicyRule {}
+// SAFETY: as above (packed, so no padding at all).
+unsafe impl aya::Pod for PeerKey {}
 
 /// An address as the datapath stores it: network byte order in a native `u32`.
 pub fn be_addr(ip: Ipv4Addr) -> u32 {
@@ -193,6 +254,7 @@ pub const COUNTERS: &[&str] = &[
     "events",
     "events_rate_limited",
     "events_lost",
+    "drop_policy",
 ];
 
 /// Indexes into [`COUNTERS`] the flow collector reads.
@@ -212,6 +274,9 @@ pub mod names {
     pub const FLOWS: &str = "flows";
     pub const FLOW_EVENTS: &str = "flow_events";
     pub const TRAFFIC: &str = "traffic";
+    pub const EP_POLICY: &str = "ep_policy";
+    pub const POLICY_RULES: &str = "policy_rules";
+    pub const POLICY_PEERS: &str = "policy_peers";
     pub const FROM_POD: &str = "from_pod";
     pub const TO_POD: &str = "to_pod";
     pub const FROM_OVERLAY: &str = "from_overlay";
@@ -272,6 +337,11 @@ mod tests {
                 offset_of!(DpConfig, events_per_sec),
                 4,
             ),
+            (
+                "dp_config.policy_epoch",
+                offset_of!(DpConfig, policy_epoch),
+                4,
+            ),
             ("flow_key.addr", offset_of!(FlowKey, addr), 8),
             ("flow_key.port", offset_of!(FlowKey, port), 4),
             ("flow_key.proto", offset_of!(FlowKey, proto), 1),
@@ -287,6 +357,19 @@ mod tests {
             ("flow_event.value", offset_of!(FlowEvent, value), 48),
             ("flow_event.kind", offset_of!(FlowEvent, kind), 4),
             ("flow_event.ifindex", offset_of!(FlowEvent, ifindex), 4),
+            ("ep_policy.deny_rule", offset_of!(EpPolicy, deny_rule), 4),
+            ("ep_policy.first", offset_of!(EpPolicy, first), 4),
+            ("ep_policy.count", offset_of!(EpPolicy, count), 2),
+            ("ep_policy.isolated", offset_of!(EpPolicy, isolated), 1),
+            ("port_range.proto", offset_of!(PortRange, proto), 1),
+            ("port_range.from", offset_of!(PortRange, from), 2),
+            ("port_range.to", offset_of!(PortRange, to), 2),
+            ("policy_rule.id", offset_of!(PolicyRule, id), 2),
+            ("policy_rule.nports", offset_of!(PolicyRule, nports), 1),
+            ("policy_rule.ports", offset_of!(PolicyRule, ports), 24),
+            ("peer_key.prefixlen", 0, 4),
+            ("peer_key.slot", 4 + offset_of!(PeerKey, slot), 4),
+            ("peer_key.addr", 4 + offset_of!(PeerKey, addr), 4),
             ("traffic.packets", offset_of!(Traffic, packets), 8),
             ("traffic.bytes", offset_of!(Traffic, bytes), 8),
         ]
@@ -308,6 +391,10 @@ mod tests {
             ("flow_value", size_of::<FlowValue>()),
             ("flow_event", size_of::<FlowEvent>()),
             ("traffic", size_of::<Traffic>()),
+            ("ep_policy", size_of::<EpPolicy>()),
+            ("port_range", size_of::<PortRange>()),
+            ("policy_rule", size_of::<PolicyRule>()),
+            ("peer_key", 4 + size_of::<PeerKey>()),
         ];
         assert_eq!(rust.to_vec(), C_SIZES.to_vec());
     }
@@ -340,6 +427,23 @@ mod tests {
         assert_eq!(consts["FLOW_F_TRACED"], u64::from(FLOW_F_TRACED));
         assert_eq!(consts["FLOW_F_OVERLAY"], u64::from(FLOW_F_OVERLAY));
         assert_eq!(consts["CFG_NO_FLOWS"], u64::from(CFG_NO_FLOWS));
+        assert_eq!(consts["CFG_POLICY"], u64::from(CFG_POLICY));
+        assert_eq!(consts["FLOW_EPOCH_SHIFT"], u64::from(FLOW_EPOCH_SHIFT));
+        assert_eq!(consts["FLOW_F_DENIED"], u64::from(FLOW_F_DENIED));
+        assert_eq!(
+            consts["POL_ISOLATED_INGRESS"],
+            u64::from(POL_ISOLATED_INGRESS)
+        );
+        assert_eq!(
+            consts["POL_ISOLATED_EGRESS"],
+            u64::from(POL_ISOLATED_EGRESS)
+        );
+        assert_eq!(
+            consts["MAX_RULES_PER_DIRECTION"],
+            MAX_RULES_PER_DIRECTION as u64
+        );
+        assert_eq!(consts["RULE_PORTS"], RULE_PORTS as u64);
+        assert_eq!(consts["MAX_POLICY_RULES"], u64::from(MAX_POLICY_RULES));
         let index = |name: &str| COUNTERS.iter().position(|c| *c == name).map(|i| i as u32);
         assert_eq!(
             index("events_rate_limited"),

@@ -7,6 +7,7 @@
 //! agent replaces the filters of every endpoint it re-adopts.
 
 pub mod abi;
+pub mod policy;
 
 use std::collections::HashMap as StdHashMap;
 use std::net::Ipv4Addr;
@@ -21,9 +22,10 @@ use aya::{Ebpf, EbpfLoader};
 use lumen_api::Ipv4Cidr;
 
 use abi::{
-    CFG_NO_FLOWS, DpConfig, EndpointValue, FlowKey, FlowValue, LpmV4Key, RemoteNode, Traffic,
-    be_addr, names,
+    CFG_NO_FLOWS, CFG_POLICY, DpConfig, EndpointValue, EpPolicy, FlowKey, FlowValue, LpmV4Key,
+    MAX_POLICY_RULES, PeerKey, PolicyRule, RemoteNode, Traffic, be_addr, names,
 };
+use policy::{EndpointRules, Layout, LayoutError};
 
 /// The compiled datapath, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
@@ -48,6 +50,8 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("the compiled policy does not fit the datapath")]
+    PolicyLayout(#[from] LayoutError),
     #[error("updating BPF map {name} failed")]
     Update {
         name: &'static str,
@@ -147,6 +151,14 @@ pub struct Datapath {
     /// Remote pod CIDRs in the LPM map (for its fill metric).
     remotes: std::collections::BTreeSet<Ipv4Cidr>,
     max_flows: u32,
+    ep_policy: HashMap<MapData, u32, EpPolicy>,
+    policy_rules: aya::maps::Array<MapData, PolicyRule>,
+    policy_peers: LpmTrie<MapData, PeerKey, u32>,
+    /// The policy in force and the half of the slots it uses.
+    policy: Layout,
+    policy_base: u32,
+    /// The settings last written, to flip `CFG_POLICY` alone.
+    config_value: DpConfig,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -203,6 +215,12 @@ impl Datapath {
             remote: take_map(&mut ebpf, names::REMOTE_CIDRS)?,
             config: take_map(&mut ebpf, names::CONFIG)?,
             counters: take_map(&mut ebpf, names::COUNTERS)?,
+            ep_policy: take_map(&mut ebpf, names::EP_POLICY)?,
+            policy_rules: take_map(&mut ebpf, names::POLICY_RULES)?,
+            policy_peers: take_map(&mut ebpf, names::POLICY_PEERS)?,
+            policy: Layout::default(),
+            policy_base: 0,
+            config_value: DpConfig::default(),
             flows: Some(FlowMaps {
                 table: take_map(&mut ebpf, names::FLOWS)?,
                 events: take_map(&mut ebpf, names::FLOW_EVENTS)?,
@@ -235,13 +253,76 @@ impl Datapath {
             cluster_mask: cluster.mask().to_be(),
             flags: if flows.enabled { 0 } else { CFG_NO_FLOWS },
             events_per_sec: flows.events_per_sec,
+            policy_epoch: 1,
+            _pad: 0,
         };
+        self.write_config(value)
+    }
+
+    fn write_config(&mut self, value: DpConfig) -> Result<(), DatapathError> {
         self.config
             .set(0, value, 0)
             .map_err(|source| DatapathError::Update {
                 name: names::CONFIG,
                 source,
-            })
+            })?;
+        self.config_value = value;
+        Ok(())
+    }
+
+    /// Enforce `endpoints`' compiled policy. The new rules go into the half of
+    /// the slots not in use, each endpoint then switches with one map update, and
+    /// the old half is cleared: no endpoint ever sees a mix. Flows keep their
+    /// verdicts until the flow pipeline resets them (`Flows::reevaluate`).
+    pub fn set_policy(&mut self, endpoints: &[EndpointRules]) -> Result<(), DatapathError> {
+        let base = if self.policy_base == 0 {
+            MAX_POLICY_RULES / 2
+        } else {
+            0
+        };
+        let layout = Layout::new(endpoints, base)?;
+        let update = |name: &'static str| move |source| DatapathError::Update { name, source };
+        for (slot, rule) in &layout.rules {
+            self.policy_rules
+                .set(*slot, *rule, 0)
+                .map_err(update(names::POLICY_RULES))?;
+        }
+        for (prefix, key, matches) in &layout.peers {
+            let key = aya::maps::lpm_trie::Key::new(*prefix, *key);
+            self.policy_peers
+                .insert(&key, *matches, 0)
+                .map_err(update(names::POLICY_PEERS))?;
+        }
+        for (ip, value) in &layout.endpoints {
+            self.ep_policy
+                .insert(*ip, *value, 0)
+                .map_err(update(names::EP_POLICY))?;
+        }
+        let isolated = !layout.endpoints.is_empty();
+        let old = std::mem::replace(&mut self.policy, layout);
+        self.policy_base = base;
+        for (ip, _) in &old.endpoints {
+            if !self.policy.endpoints.iter().any(|(new, _)| new == ip) {
+                let _ = self.ep_policy.remove(ip);
+            }
+        }
+        for (prefix, key, _) in &old.peers {
+            let _ = self
+                .policy_peers
+                .remove(&aya::maps::lpm_trie::Key::new(*prefix, *key));
+        }
+        // A new epoch makes every flow's verdict stale: each is decided again at
+        // its next packet, so a connection a new policy denies is cut. (An entry
+        // idle across exactly three changes would look current again; idle
+        // entries leave the table at the idle timeout.)
+        let mut config = self.config_value;
+        config.policy_epoch = config.policy_epoch % 3 + 1;
+        config.flags = if isolated {
+            config.flags | CFG_POLICY
+        } else {
+            config.flags & !CFG_POLICY
+        };
+        self.write_config(config)
     }
 
     /// Attach `from_overlay`/`to_overlay` to the VXLAN device.

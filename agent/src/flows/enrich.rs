@@ -199,6 +199,7 @@ mod tests {
                 node: Some("node-2".into()),
                 labels: BTreeMap::from([("app".into(), "web".into())]),
                 ip: Some(Ipv4Addr::new(10, 244, 2, 5)),
+                ports: Vec::new(),
             },
         );
         s.pods.insert(
@@ -209,6 +210,7 @@ mod tests {
                 node: Some("node-1".into()),
                 labels: BTreeMap::new(),
                 ip: Some(Ipv4Addr::new(10, 244, 1, 5)),
+                ports: Vec::new(),
             },
         );
         s
