@@ -180,6 +180,7 @@ fn run() -> anyhow::Result<()> {
                 allow: args.export_allow,
                 deny: args.export_deny,
             },
+            ..FlowConfig::default()
         },
         metrics_addr: match args.metrics_addr.as_str() {
             "off" => None,

@@ -8,7 +8,9 @@ use lumen_api::Identity;
 use lumen_api::flow::{Counters, DropReason, Protocol, TcpFlags};
 
 use super::community::community_id;
-use crate::datapath::abi::{FLOW_F_SIDE1_FIRST, FLOW_F_TRACED, FlowKey, FlowValue};
+use crate::datapath::abi::{
+    FLOW_F_SIDE1_FIRST, FLOW_F_TRACED, FlowKey, FlowValue, POL_EGRESS, POL_INGRESS,
+};
 
 /// 64-bit totals of a flow's 32-bit kernel counters, per side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +47,8 @@ pub struct Observed {
     /// Equal on every node that saw the flow's first packet.
     pub correlation_id: String,
     pub community_id: String,
+    /// The deciding policy rules (or default denies), ingress and egress; 0 none.
+    pub rules: [u16; 2],
 }
 
 impl Observed {
@@ -157,6 +161,7 @@ pub fn decode(key: &FlowKey, value: &FlowValue, totals: Totals, first_ns: u64) -
         tag: (value.vni() != 0).then_some(value.vni()),
         traced: value.has(FLOW_F_TRACED),
         correlation_id: format!("{correlation:016x}"),
+        rules: [value.rule[POL_INGRESS], value.rule[POL_EGRESS]],
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
 
 use lumen_api::flow::{Flow, FlowEndpoint, FlowType, PolicyRef, Verdict};
 use lumen_api::{Identity, Ipv4Cidr};
@@ -30,18 +31,59 @@ pub trait NodeLookup {
     fn node_of(&self, ip: Ipv4Addr) -> Option<&str>;
 }
 
-/// Policy rules by the datapath's rule id.
+/// Policy rules by the datapath's rule id (0: no policy).
 pub trait PolicyLookup {
-    fn rule(&self, id: u16) -> Option<&PolicyRef>;
+    fn rule(&self, id: u16) -> Option<PolicyRef>;
 }
 
-/// All three lookups over one snapshot of the cluster state.
+/// Pods and nodes over one snapshot of the cluster state.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterLookup {
     pods: HashMap<Ipv4Addr, PodMeta>,
     node_ips: HashMap<Ipv4Addr, String>,
     pod_cidrs: Vec<(Ipv4Cidr, String)>,
-    rules: HashMap<u16, PolicyRef>,
+}
+
+/// The rule ids of the policy in force, shared by the policy controller (which
+/// replaces them on every change) and the flow pipeline (which names verdicts).
+#[derive(Debug, Clone, Default)]
+pub struct PolicyRules(Arc<RwLock<HashMap<u16, PolicyRef>>>);
+
+impl PolicyRules {
+    pub fn replace(&self, rules: HashMap<u16, PolicyRef>) {
+        if let Ok(mut r) = self.0.write() {
+            *r = rules;
+        }
+    }
+
+    pub fn get(&self, id: u16) -> Option<PolicyRef> {
+        self.0.read().ok()?.get(&id).cloned()
+    }
+}
+
+/// What enrichment looks things up in.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookups<'a> {
+    pub cluster: &'a ClusterLookup,
+    pub rules: &'a PolicyRules,
+}
+
+impl PodLookup for Lookups<'_> {
+    fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&PodMeta> {
+        self.cluster.pod_by_ip(ip)
+    }
+}
+
+impl NodeLookup for Lookups<'_> {
+    fn node_of(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.cluster.node_of(ip)
+    }
+}
+
+impl PolicyLookup for Lookups<'_> {
+    fn rule(&self, id: u16) -> Option<PolicyRef> {
+        (id != 0).then(|| self.rules.get(id))?
+    }
 }
 
 impl ClusterLookup {
@@ -73,7 +115,6 @@ impl ClusterLookup {
             pods,
             node_ips,
             pod_cidrs,
-            rules: HashMap::new(),
         }
     }
 }
@@ -92,12 +133,6 @@ impl NodeLookup for ClusterLookup {
                 .find(|(cidr, _)| cidr.contains(ip))
                 .map(|(_, n)| n.as_str())
         })
-    }
-}
-
-impl PolicyLookup for ClusterLookup {
-    fn rule(&self, id: u16) -> Option<&PolicyRef> {
-        self.rules.get(&id)
     }
 }
 
@@ -162,8 +197,8 @@ pub fn enrich(
             Verdict::Forwarded
         },
         drop_reason: obs.drop_reason,
-        ingress_policy: None,
-        egress_policy: None,
+        ingress_policy: lookup.rule(obs.rules[0]),
+        egress_policy: lookup.rule(obs.rules[1]),
         tag: obs.tag,
         traced: obs.traced,
         end_reason: None,
@@ -238,12 +273,27 @@ mod tests {
             traced: false,
             correlation_id: String::new(),
             community_id: String::new(),
+            rules: [5, 0],
         }
     }
 
     #[test]
     fn names_pods_nodes_and_the_flow_type() {
-        let lookup = ClusterLookup::new(&state());
+        let cluster = ClusterLookup::new(&state());
+        let rules = PolicyRules::default();
+        rules.replace(HashMap::from([(
+            5,
+            PolicyRef {
+                namespace: "default".into(),
+                name: "web".into(),
+                rule: "ingress[0]".into(),
+                action: lumen_api::flow::RuleAction::Allow,
+            },
+        )]));
+        let lookup = Lookups {
+            cluster: &cluster,
+            rules: &rules,
+        };
         let client = Ipv4Addr::new(10, 244, 1, 5);
         let web = Ipv4Addr::new(10, 244, 2, 5);
         let f = enrich(&obs(client, 261, web, 517), "node-1", 1_000, &lookup);
@@ -253,6 +303,12 @@ mod tests {
         assert_eq!(f.destination.node.as_deref(), Some("node-2"));
         assert_eq!(f.flow_type, FlowType::InterNode);
         assert_eq!((f.start_ns, f.end_ns), (1_010, 1_020));
+        assert_eq!(
+            f.ingress_policy.as_ref().map(|p| p.name.as_str()),
+            Some("web"),
+            "rule ids become policy names"
+        );
+        assert_eq!(f.egress_policy, None);
 
         let world = Ipv4Addr::new(203, 0, 113, 10);
         let f = enrich(&obs(client, 261, world, 2), "node-1", 0, &lookup);

@@ -33,7 +33,7 @@ use crate::datapath::abi::{
 use crate::datapath::{Datapath, FlowMaps};
 use crate::metrics::Metrics;
 use cache::{Emitted, FlowCache, Timeouts};
-use enrich::{ClusterLookup, enrich};
+use enrich::{ClusterLookup, Lookups, PolicyRules, enrich};
 use filter::ExportFilter;
 use hub::Hub;
 use sink::Sink;
@@ -48,6 +48,8 @@ pub struct FlowConfig {
     pub recent: usize,
     /// Which finished records go to the sinks.
     pub export: ExportFilter,
+    /// Names of the policy rules flows carry (the policy controller fills them).
+    pub rules: PolicyRules,
 }
 
 impl Default for FlowConfig {
@@ -57,6 +59,7 @@ impl Default for FlowConfig {
             drain_interval: Duration::from_secs(1),
             recent: 8192,
             export: ExportFilter::default(),
+            rules: PolicyRules::default(),
         }
     }
 }
@@ -102,6 +105,7 @@ impl Flows {
                 node: node.to_owned(),
                 cluster,
                 lookup,
+                rules: config.rules.clone(),
                 hub: hub.clone(),
                 filter: config.export,
                 sinks,
@@ -172,6 +176,7 @@ struct Emitter {
     node: String,
     cluster: watch::Receiver<Arc<ClusterState>>,
     lookup: ClusterLookup,
+    rules: PolicyRules,
     hub: Arc<Hub>,
     filter: ExportFilter,
     sinks: Vec<Box<dyn Sink>>,
@@ -333,7 +338,11 @@ impl Emitter {
     }
 
     fn emit(&mut self, e: Emitted) {
-        let mut flow = enrich(&e.observed, &self.node, self.mono_to_epoch, &self.lookup);
+        let lookups = Lookups {
+            cluster: &self.lookup,
+            rules: &self.rules,
+        };
+        let mut flow = enrich(&e.observed, &self.node, self.mono_to_epoch, &lookups);
         flow.end_reason = e.reason;
         flow.forward_delta = e.forward_delta;
         flow.reverse_delta = e.reverse_delta;
