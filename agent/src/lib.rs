@@ -13,6 +13,7 @@ pub mod netns;
 pub mod node;
 pub mod overlay;
 pub mod pods;
+pub mod policy;
 pub mod server;
 
 use std::sync::Arc;

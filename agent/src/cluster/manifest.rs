@@ -111,6 +111,13 @@ fn fingerprint(dir: &Path) -> Result<Fingerprint, ManifestError> {
 #[derive(Deserialize)]
 struct TypeMeta {
     kind: Option<String>,
+    metadata: Option<Names>,
+}
+
+#[derive(Deserialize)]
+struct Names {
+    name: Option<String>,
+    namespace: Option<String>,
 }
 
 fn load(dir: &Path) -> Result<(Fingerprint, ClusterState), ManifestError> {
@@ -136,9 +143,8 @@ pub fn parse_into(state: &mut ClusterState, path: &Path, text: &str) {
                 return;
             }
         };
-        let kind = serde_yaml::from_value::<TypeMeta>(value.clone())
-            .ok()
-            .and_then(|t| t.kind);
+        let meta = serde_yaml::from_value::<TypeMeta>(value.clone()).ok();
+        let kind = meta.as_ref().and_then(|t| t.kind.clone());
         let result = match kind.as_deref() {
             Some("Node") => serde_yaml::from_value::<Node>(value).map(|n| state.add_node(&n)),
             Some("Pod") => serde_yaml::from_value::<Pod>(value).map(|p| state.add_pod(&p)),
@@ -146,7 +152,20 @@ pub fn parse_into(state: &mut ClusterState, path: &Path, text: &str) {
                 serde_yaml::from_value::<Namespace>(value).map(|n| state.add_namespace(&n))
             }
             Some("NetworkPolicy") => {
-                serde_yaml::from_value::<NetworkPolicy>(value).map(|p| state.add_policy(&p))
+                let read = serde_yaml::from_value::<NetworkPolicy>(value);
+                // A policy that does not read is refused by name, so the
+                // engine keeps its previous version rather than dropping it.
+                if let (
+                    Err(error),
+                    Some(Names {
+                        name: Some(name),
+                        namespace,
+                    }),
+                ) = (&read, meta.and_then(|m| m.metadata))
+                {
+                    state.add_unreadable_policy(namespace.as_deref(), &name, error.to_string());
+                }
+                read.map(|p| state.add_policy(&p))
             }
             _ => Ok(()),
         };
@@ -234,5 +253,13 @@ metadata: {name: ignored}
             "kind: Node\nmetadata: {name: n}\nspec: {podCIDR: not-a-cidr}\n",
         );
         assert!(state.nodes["n"].pod_cidr.is_none());
+        parse_into(
+            &mut state,
+            Path::new("bad3.yaml"),
+            "kind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {ingress: [{ports: [{port: [80]}]}]}\n",
+        );
+        assert!(state.policies.is_empty());
+        let reason = &state.unreadable_policies[&("x".to_owned(), "p".to_owned())];
+        assert!(reason.contains("IntOrString"), "{reason}");
     }
 }

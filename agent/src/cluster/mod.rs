@@ -52,6 +52,10 @@ pub struct ClusterState {
     /// NetworkPolicies as written, by (namespace, name); the policy engine
     /// validates them.
     pub policies: BTreeMap<(String, String), NetworkPolicy>,
+    /// Objects of kind NetworkPolicy that do not even read as one (a field of
+    /// the wrong type, a required field missing), by (namespace, name), with
+    /// the reason: the engine refuses them like invalid policies.
+    pub unreadable_policies: BTreeMap<(String, String), String>,
 }
 
 /// A source of cluster state: a watch channel that always holds the latest
@@ -133,6 +137,12 @@ impl ClusterState {
             .clone()
             .unwrap_or_else(|| "default".to_owned());
         self.policies.insert((namespace, name), policy.clone());
+    }
+
+    pub fn add_unreadable_policy(&mut self, namespace: Option<&str>, name: &str, reason: String) {
+        let namespace = namespace.unwrap_or("default").to_owned();
+        self.unreadable_policies
+            .insert((namespace, name.to_owned()), reason);
     }
 }
 

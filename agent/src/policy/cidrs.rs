@@ -55,7 +55,12 @@ mod tests {
 
     #[test]
     fn nested_cidrs_collapse_and_lookups_hold() {
-        let s = set(&["10.0.1.0/24", "10.0.0.0/16", "192.168.0.7/32", "10.0.5.5/32"]);
+        let s = set(&[
+            "10.0.1.0/24",
+            "10.0.0.0/16",
+            "192.168.0.7/32",
+            "10.0.5.5/32",
+        ]);
         let listed: Vec<String> = s.cidrs().iter().map(ToString::to_string).collect();
         assert_eq!(listed, ["10.0.0.0/16", "192.168.0.7/32"]);
         for (ip, inside) in [

@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lumen_api::Ipv4Cidr;
@@ -22,7 +24,9 @@ use crate::cluster::k8s_protocol;
 /// server names it (`spec.ingress[0].from[1].ipBlock.except[0]`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{path}: {operator:?} is not a valid selector operator (In, NotIn, Exists, DoesNotExist)")]
+    #[error(
+        "{path}: {operator:?} is not a valid selector operator (In, NotIn, Exists, DoesNotExist)"
+    )]
     Operator { path: String, operator: String },
     #[error("{path}: values must be empty when the operator is {operator}")]
     ValuesForbidden { path: String, operator: String },
@@ -181,7 +185,8 @@ impl Policy {
         name: &str,
         policy: &NetworkPolicy,
     ) -> Result<Self, PolicyError> {
-        let spec = policy.spec.clone().unwrap_or_default();
+        let empty = NetworkPolicySpec::default();
+        let spec = policy.spec.as_ref().unwrap_or(&empty);
         let pod_selector = match &spec.pod_selector {
             Some(s) => Selector::validate("spec.podSelector", s)?,
             None => Selector::default(),
@@ -274,9 +279,10 @@ impl Peer {
             (None, None, None) => Err(PolicyError::EmptyPeer {
                 path: path.to_owned(),
             }),
-            (None, None, Some(block)) => {
-                Ok(Self::Block(IpBlock::validate(&format!("{path}.ipBlock"), block)?))
-            }
+            (None, None, Some(block)) => Ok(Self::Block(IpBlock::validate(
+                &format!("{path}.ipBlock"),
+                block,
+            )?)),
             (_, _, Some(_)) => Err(PolicyError::BlockWithSelector {
                 path: path.to_owned(),
             }),
@@ -336,7 +342,11 @@ impl IpBlock {
 /// `c` without `e`: `c` itself, nothing, or the halves of `c` that remain.
 fn subtract(c: Ipv4Cidr, e: Ipv4Cidr) -> Vec<Ipv4Cidr> {
     if e.prefix() <= c.prefix() {
-        return if e.contains(c.addr()) { vec![] } else { vec![c] };
+        return if e.contains(c.addr()) {
+            vec![]
+        } else {
+            vec![c]
+        };
     }
     if !c.contains(e.addr()) {
         return vec![c];
@@ -600,7 +610,11 @@ fn check_label_name(name: &str) -> Result<(), &'static str> {
     let inner = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
     let bytes = name.as_bytes();
     let ends = [bytes.first(), bytes.last()];
-    if !bytes.iter().all(|&b| inner(b)) || !ends.iter().all(|b| b.is_some_and(u8::is_ascii_alphanumeric)) {
+    if !bytes.iter().all(|&b| inner(b))
+        || !ends
+            .iter()
+            .all(|b| b.is_some_and(u8::is_ascii_alphanumeric))
+    {
         return Err(
             "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
         );
@@ -625,5 +639,299 @@ fn check_dns_subdomain(name: &str) -> Result<(), &'static str> {
         Ok(())
     } else {
         Err(REASON)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(spec: &str) -> Result<Policy, PolicyError> {
+        let yaml = format!("metadata: {{name: p, namespace: x}}\nspec: {spec}");
+        let object: NetworkPolicy = serde_yaml::from_str(&yaml).expect("a NetworkPolicy");
+        Policy::validate("x", "p", &object)
+    }
+
+    #[test]
+    fn refuses_what_the_api_server_refuses() {
+        for (spec, want) in [
+            (
+                "{podSelector: {matchExpressions: [{key: pod, operator: Equals, values: [a]}]}}",
+                "spec.podSelector.matchExpressions[0].operator: \"Equals\" is not a valid selector operator",
+            ),
+            (
+                "{podSelector: {matchExpressions: [{key: pod, operator: Exists, values: [a]}]}}",
+                "spec.podSelector.matchExpressions[0].values: values must be empty when the operator is Exists",
+            ),
+            (
+                "{podSelector: {matchExpressions: [{key: pod, operator: DoesNotExist, values: [a]}]}}",
+                "values must be empty when the operator is DoesNotExist",
+            ),
+            (
+                "{podSelector: {matchExpressions: [{key: pod, operator: In}]}}",
+                "values must be non-empty when the operator is In",
+            ),
+            (
+                "{podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: []}]}}",
+                "values must be non-empty when the operator is NotIn",
+            ),
+            (
+                "{podSelector: {matchLabels: {-pod: a}}}",
+                "spec.podSelector.matchLabels: \"-pod\" is not a valid label key",
+            ),
+            (
+                "{podSelector: {matchLabels: {Example.com/pod: a}}}",
+                "the prefix must be a lowercase DNS subdomain",
+            ),
+            (
+                "{podSelector: {matchLabels: {a/b/c: a}}}",
+                "must contain at most one '/'",
+            ),
+            (
+                "{podSelector: {matchLabels: {pod: not valid}}}",
+                "\"not valid\" is not a valid label value",
+            ),
+            (
+                "{podSelector: {matchExpressions: [{key: pod, operator: In, values: [ok, -bad]}]}}",
+                "matchExpressions[0].values[1]: \"-bad\" is not a valid label value",
+            ),
+            (
+                "{ingress: [{ports: [{port: 0}]}]}",
+                "spec.ingress[0].ports[0].port: 0 is not a valid port number (1-65535)",
+            ),
+            (
+                "{ingress: [{ports: [{port: 65536}]}]}",
+                "65536 is not a valid port number",
+            ),
+            (
+                "{egress: [{ports: [{port: 81, endPort: 80}]}]}",
+                "spec.egress[0].ports[0].endPort: endPort 80 must be greater than or equal to port 81",
+            ),
+            (
+                "{egress: [{ports: [{port: 80, endPort: 70000}]}]}",
+                "spec.egress[0].ports[0].endPort: 70000 is not a valid port number",
+            ),
+            (
+                "{ingress: [{ports: [{port: serve-80-tcp, endPort: 81}]}]}",
+                "endPort may not be specified when port is the named port \"serve-80-tcp\"",
+            ),
+            (
+                "{ingress: [{ports: [{endPort: 81}]}]}",
+                "endPort may not be specified when port is not specified",
+            ),
+            (
+                "{ingress: [{ports: [{port: \"80\"}]}]}",
+                "\"80\" is not a valid port name: must contain at least one letter",
+            ),
+            (
+                "{ingress: [{ports: [{port: Serve}]}]}",
+                "must contain only alpha-numeric characters",
+            ),
+            (
+                "{ingress: [{ports: [{port: a--b}]}]}",
+                "must not contain consecutive hyphens",
+            ),
+            (
+                "{ingress: [{ports: [{port: -ab}]}]}",
+                "must not begin or end with a hyphen",
+            ),
+            (
+                "{ingress: [{ports: [{port: serve-80-tcp-long}]}]}",
+                "must be no more than 15 characters",
+            ),
+            (
+                "{ingress: [{ports: [{protocol: tcp, port: 80}]}]}",
+                "spec.ingress[0].ports[0].protocol: \"tcp\" is not a supported protocol (TCP, UDP, SCTP)",
+            ),
+            (
+                "{ingress: [{ports: [{protocol: ICMP}]}]}",
+                "\"ICMP\" is not a supported protocol",
+            ),
+            (
+                "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}",
+                "spec.ingress[0].from[0].ipBlock.cidr: \"10.0.0.0/33\" is not a valid CIDR",
+            ),
+            (
+                "{ingress: [{from: [{ipBlock: {cidr: 10.0.0/8}}]}]}",
+                "\"10.0.0/8\" is not a valid CIDR",
+            ),
+            (
+                "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0}}]}]}",
+                "\"10.0.0.0\" is not a valid CIDR",
+            ),
+            (
+                "{ingress: [{from: [{ipBlock: {cidr: \"\"}}]}]}",
+                "\"\" is not a valid CIDR",
+            ),
+            (
+                "{egress: [{to: [{podSelector: {}}, {ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]}",
+                "spec.egress[0].to[1].ipBlock.except[0]: except 10.1.0.0/24 must be a strict subset of cidr 10.0.0.0/16",
+            ),
+            (
+                "{egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}]}",
+                "except 10.0.0.0/16 must be a strict subset",
+            ),
+            (
+                "{egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/8]}}]}]}",
+                "except 10.0.0.0/8 must be a strict subset",
+            ),
+            (
+                "{egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [nope]}}]}]}",
+                "except[0]: \"nope\" is not a valid CIDR",
+            ),
+            (
+                "{ingress: [{from: [{ipBlock: {cidr: \"2001:db8::/32\"}}]}]}",
+                "spec.ingress[0].from[0].ipBlock.cidr: 2001:db8::/32: IPv6 is not supported by Lumen's IPv4 datapath",
+            ),
+            (
+                "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [\"::1/128\"]}}]}]}",
+                "except[0]: ::1/128: IPv6 is not supported",
+            ),
+            (
+                "{ingress: [{from: [{}]}]}",
+                "spec.ingress[0].from[0]: a peer must specify podSelector, namespaceSelector or ipBlock",
+            ),
+            (
+                "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}",
+                "spec.ingress[0].from[0]: ipBlock may not be combined with podSelector or namespaceSelector",
+            ),
+            (
+                "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, namespaceSelector: {}}]}]}",
+                "ipBlock may not be combined",
+            ),
+            (
+                "{egress: [{to: [{namespaceSelector: {matchExpressions: [{key: ns, operator: in, values: [x]}]}}]}]}",
+                "spec.egress[0].to[0].namespaceSelector.matchExpressions[0].operator: \"in\" is not a valid selector operator",
+            ),
+            (
+                "{policyTypes: [Ingress, Sideways]}",
+                "spec.policyTypes[1]: \"Sideways\" is not a policy type (Ingress, Egress)",
+            ),
+            (
+                "{policyTypes: [ingress]}",
+                "\"ingress\" is not a policy type",
+            ),
+            (
+                "{policyTypes: [Ingress, Egress, Ingress]}",
+                "may not specify more than two policy types",
+            ),
+        ] {
+            let got = validate(spec).map(|_| ()).map_err(|e| e.to_string());
+            assert!(
+                matches!(&got, Err(e) if e.contains(want)),
+                "{spec}\n  want an error containing {want:?}\n  got {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_and_defaults() {
+        let p = validate("{}").expect("an empty spec");
+        assert_eq!((p.ingress, p.egress), (Some(vec![]), None));
+        let p = validate("{egress: [{}]}").expect("egress rules");
+        assert_eq!(p.ingress, Some(vec![]));
+        assert_eq!(p.egress.map(|e| e.len()), Some(1));
+        let p = validate("{egress: []}").expect("an empty egress list");
+        assert_eq!((p.ingress, p.egress), (Some(vec![]), None));
+        let p = validate("{policyTypes: [Egress], ingress: [{}]}").expect("egress only");
+        assert_eq!((p.ingress, p.egress), (None, Some(vec![])));
+        let p = validate("{policyTypes: [Ingress, Ingress]}").expect("a repeated type");
+        assert_eq!((p.ingress, p.egress), (Some(vec![]), None));
+
+        let p = validate("{ingress: [{ports: [{port: 80, endPort: 90}, {protocol: SCTP}, {port: web, protocol: UDP}]}]}")
+            .expect("ports");
+        let ports = &p.ingress.expect("ingress")[0].ports;
+        let want = [
+            (Protocol::TCP, PortMatch::Range { from: 80, to: 90 }),
+            (Protocol::SCTP, PortMatch::Any),
+            (Protocol::UDP, PortMatch::Named("web".into())),
+        ];
+        let got: Vec<_> = ports.iter().map(|p| (p.protocol, p.port.clone())).collect();
+        assert_eq!(got, want);
+
+        // The API server accepts host bits in a CIDR (ParseCIDRSloppy) and so does Lumen.
+        let p = validate(
+            "{egress: [{to: [{ipBlock: {cidr: 10.244.1.7/16, except: [10.244.1.9/24]}}]}]}",
+        )
+        .expect("host bits");
+        let Peer::Block(block) = &p.egress.expect("egress")[0].peers[0] else {
+            panic!("an ipBlock");
+        };
+        assert_eq!(block.cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(block.except[0].to_string(), "10.244.1.0/24");
+    }
+
+    #[test]
+    fn ip_block_without_excepts() {
+        let block = IpBlock {
+            cidr: "10.0.0.0/8".parse().expect("cidr"),
+            except: vec![
+                "10.1.0.0/16".parse().expect("cidr"),
+                "10.128.0.0/9".parse().expect("cidr"),
+            ],
+        };
+        let cidrs: Vec<String> = block.cidrs().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            cidrs,
+            [
+                "10.0.0.0/16",
+                "10.2.0.0/15",
+                "10.4.0.0/14",
+                "10.8.0.0/13",
+                "10.16.0.0/12",
+                "10.32.0.0/11",
+                "10.64.0.0/10"
+            ]
+        );
+        for (ip, inside) in [
+            ("10.0.9.9", true),
+            ("10.1.2.3", false),
+            ("10.127.0.1", true),
+            ("10.200.0.1", false),
+            ("11.0.0.1", false),
+        ] {
+            let ip: Ipv4Addr = ip.parse().expect("ip");
+            assert_eq!(block.contains(ip), inside, "{ip}");
+            assert_eq!(
+                block.cidrs().iter().any(|c| c.contains(ip)),
+                inside,
+                "{ip} in cidrs()"
+            );
+        }
+    }
+
+    #[test]
+    fn selectors_match_like_kubernetes() {
+        let p = validate(
+            "{podSelector: {matchLabels: {app: web}, matchExpressions: [{key: tier, operator: NotIn, values: [db]}, {key: env, operator: Exists}, {key: canary, operator: DoesNotExist}, {key: zone, operator: In, values: [a, b]}]}}",
+        )
+        .expect("selector");
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        for (pairs, want) in [
+            (&[("app", "web"), ("env", "x"), ("zone", "a")][..], true),
+            (
+                &[("app", "web"), ("env", "x"), ("zone", "b"), ("tier", "fe")][..],
+                true,
+            ),
+            (
+                &[("app", "web"), ("env", "x"), ("zone", "a"), ("tier", "db")][..],
+                false,
+            ),
+            (&[("app", "web"), ("zone", "a")][..], false),
+            (
+                &[("app", "web"), ("env", "x"), ("zone", "a"), ("canary", "")][..],
+                false,
+            ),
+            (&[("app", "web"), ("env", "x"), ("zone", "c")][..], false),
+            (&[("app", "api"), ("env", "x"), ("zone", "a")][..], false),
+        ] {
+            assert_eq!(p.pod_selector.matches(&labels(pairs)), want, "{pairs:?}");
+        }
+        assert!(Selector::default().matches(&BTreeMap::new()));
     }
 }
