@@ -18,6 +18,7 @@ use crate::ipam::{Ipam, IpamError};
 use crate::masquerade::{self, MasqueradeError};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::overlay::{self, Overlay};
+use crate::policy::enforce::Enforcer;
 
 /// Name of the node's VXLAN device.
 pub const VXLAN_IFACE: &str = "lumen_vxlan";
@@ -84,6 +85,8 @@ pub struct Node {
     pub endpoints: Mutex<BTreeMap<AttachmentKey, Endpoint>>,
     pub node_ip: Ipv4Addr,
     pub pod_mtu: u32,
+    /// NetworkPolicy in force on this node.
+    pub policy: Enforcer,
 }
 
 impl Node {
@@ -139,6 +142,7 @@ impl Node {
             node = %config.node_name, %node_ip, %pod_cidr, pod_mtu, vxlan = vxlan.index,
             "node datapath up"
         );
+        let policy = Enforcer::new(config.flows.rules.clone());
         Ok(Self {
             config,
             netlink,
@@ -147,6 +151,7 @@ impl Node {
             endpoints: Mutex::new(BTreeMap::new()),
             node_ip,
             pod_mtu,
+            policy,
         })
     }
 
@@ -159,8 +164,14 @@ impl Node {
     ) {
         let mut overlay = Overlay::new(self.netlink.clone(), vxlan_index);
         loop {
-            let want = overlay::wanted(&rx.borrow_and_update(), &self.config.node_name);
+            let state = rx.borrow_and_update().clone();
+            let want = overlay::wanted(&state, &self.config.node_name);
             overlay.reconcile(&self.datapath, want).await;
+            let pod_cidr = self.ipam.lock().map(|i| i.cidr()).ok();
+            let local = |ip| pod_cidr.is_some_and(|c: Ipv4Cidr| c.contains(ip));
+            if let Err(error) = self.policy.apply(&state, &self.datapath, local) {
+                tracing::error!(%error, "the new policy does not fit the datapath; the previous one stays enforced");
+            }
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
                 // Retry failed installs even when nothing changes.

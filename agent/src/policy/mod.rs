@@ -4,6 +4,7 @@
 //! compiled form.
 
 pub mod cidrs;
+pub mod enforce;
 pub mod engine;
 pub mod model;
 

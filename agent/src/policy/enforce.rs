@@ -1,0 +1,108 @@
+//! Enforcement on this node: the compiled policy of the node's own endpoints
+//! written into the datapath's maps, and the names of every rule id handed to
+//! the flow pipeline, so flows name what decided them.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use lumen_api::flow::PolicyRef;
+
+use super::engine::{Compiled, DirectionRules, Ports};
+use crate::cluster::ClusterState;
+use crate::datapath::policy::{self as dp, EndpointRules};
+use crate::datapath::{Datapath, DatapathError};
+use crate::flows::enrich::PolicyRules;
+
+use super::PolicyEngine;
+
+/// The datapath's form of one isolated direction.
+fn direction(rules: &DirectionRules) -> dp::DirectionRules {
+    dp::DirectionRules {
+        deny_id: rules.deny_id,
+        rules: rules
+            .rules
+            .iter()
+            .map(|r| dp::RuleEntry {
+                id: r.id,
+                peers: r.peers.cidrs().iter().map(|c| (*c, true)).collect(),
+                ports: match &r.ports {
+                    Ports::Any => None,
+                    Ports::Ranges(ranges) => Some(
+                        ranges
+                            .iter()
+                            .map(|p| (p.protocol.0, p.from, p.to))
+                            .collect(),
+                    ),
+                },
+            })
+            .collect(),
+    }
+}
+
+/// The compiled rules of the endpoints `local` says are this node's.
+pub fn local_rules(compiled: &Compiled, local: impl Fn(Ipv4Addr) -> bool) -> Vec<EndpointRules> {
+    compiled
+        .endpoints()
+        .filter(|ep| local(ep.ip) && (ep.ingress.is_some() || ep.egress.is_some()))
+        .map(|ep| EndpointRules {
+            ip: ep.ip,
+            ingress: ep.ingress.as_ref().map(direction),
+            egress: ep.egress.as_ref().map(direction),
+        })
+        .collect()
+}
+
+/// The policy in force on this node.
+#[derive(Debug, Default)]
+pub struct Enforcer {
+    compiled: Mutex<Compiled>,
+    /// Rule names, shared with the flow pipeline.
+    pub rules: PolicyRules,
+}
+
+impl Enforcer {
+    pub fn new(rules: PolicyRules) -> Self {
+        Self {
+            compiled: Mutex::new(Compiled::default()),
+            rules,
+        }
+    }
+
+    /// Compile `state` and enforce it for the endpoints `local` selects. If the
+    /// datapath cannot take the result, the previous policy stays enforced.
+    pub fn apply(
+        &self,
+        state: &ClusterState,
+        datapath: &Mutex<Datapath>,
+        local: impl Fn(Ipv4Addr) -> bool,
+    ) -> Result<(), DatapathError> {
+        let Ok(mut current) = self.compiled.lock() else {
+            return Ok(());
+        };
+        let compiled = PolicyEngine::compile(state, Some(&current));
+        if compiled == *current {
+            return Ok(());
+        }
+        let endpoints = local_rules(&compiled, local);
+        if let Ok(mut dp) = datapath.lock() {
+            dp.set_policy(&endpoints)?;
+        }
+        let names: HashMap<u16, PolicyRef> =
+            compiled.rules().map(|(id, r)| (id, r.clone())).collect();
+        self.rules.replace(names);
+        tracing::info!(
+            policies = compiled.policies().len(),
+            rejected = compiled.rejected.len(),
+            isolated_endpoints = endpoints.len(),
+            "policy enforced"
+        );
+        *current = compiled;
+        Ok(())
+    }
+
+    /// The policy in force, for the API.
+    pub fn compiled(&self) -> Compiled {
+        self.compiled.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
