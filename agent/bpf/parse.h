@@ -20,6 +20,14 @@ struct icmp_echo {
 	__u16 seq;
 };
 
+/* The SCTP common header (RFC 9260 §3.1). */
+struct sctp_common {
+	__u16 source;
+	__u16 dest;
+	__u32 vtag;
+	__u32 checksum;
+};
+
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
 
@@ -92,6 +100,14 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 		p->sport = udp->source;
 		p->dport = udp->dest;
 		p->hdr_len += sizeof(*udp);
+	} else if (p->proto == IPPROTO_SCTP) {
+		struct sctp_common *sctp = l4;
+
+		if ((void *)(sctp + 1) > data_end)
+			return;
+		p->sport = sctp->source;
+		p->dport = sctp->dest;
+		p->hdr_len += sizeof(*sctp);
 	} else if (p->proto == IPPROTO_ICMP) {
 		struct icmp_echo *icmp = l4;
 
