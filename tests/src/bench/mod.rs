@@ -18,6 +18,7 @@ pub mod memory;
 pub mod metrics;
 pub mod netns;
 pub mod packet;
+pub mod policy;
 pub mod report;
 pub mod rr;
 pub mod server;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use lumen_tests::bench::{bpf, cni, datapath, export, memory, metrics, rr};
+use lumen_tests::bench::{bpf, cni, datapath, export, memory, metrics, policy, rr};
 
 #[global_allocator]
 static ALLOC: lumen_tests::bench::alloc::Counting = lumen_tests::bench::alloc::Counting;
@@ -51,6 +51,18 @@ enum Bench {
         flows: u64,
         #[arg(long, default_value_t = 21)]
         scrapes: usize,
+    },
+    /// NetworkPolicy: compile time and memory, and time to enforce one new policy.
+    Policy {
+        #[arg(long, default_value_t = 40_000)]
+        policies: usize,
+        #[arg(long, default_value_t = 150_000)]
+        pods: usize,
+        /// Policies on the node when one more is added.
+        #[arg(long, default_value_t = 1_000)]
+        present: usize,
+        #[arg(long, default_value_t = 100)]
+        additions: usize,
     },
     /// Agent RSS and kernel flow-table memory with many active flows.
     Memory {
@@ -119,6 +131,17 @@ fn run(args: Args) -> Result<()> {
         }),
         Bench::Cni { pods, concurrency } => cni::run(cni::Options { pods, concurrency }),
         Bench::Memory { flows } => memory::run(memory::Options { flows }),
+        Bench::Policy {
+            policies,
+            pods,
+            present,
+            additions,
+        } => policy::run(policy::Options {
+            policies,
+            pods,
+            present,
+            additions,
+        }),
         Bench::Metrics {
             rules,
             flows,
