@@ -155,6 +155,11 @@ impl Node {
         })
     }
 
+    /// This node's pod CIDR: the addresses whose policy it enforces.
+    pub fn pod_cidr(&self) -> Option<Ipv4Cidr> {
+        self.ipam.lock().map(|i| i.cidr()).ok()
+    }
+
     /// Follow the cluster state: keep the overlay routes equal to the other nodes'
     /// pod CIDRs. Runs until the source goes away.
     pub async fn follow_cluster(
@@ -167,7 +172,7 @@ impl Node {
             let state = rx.borrow_and_update().clone();
             let want = overlay::wanted(&state, &self.config.node_name);
             overlay.reconcile(&self.datapath, want).await;
-            let pod_cidr = self.ipam.lock().map(|i| i.cidr()).ok();
+            let pod_cidr = self.pod_cidr();
             let local = |ip| pod_cidr.is_some_and(|c: Ipv4Cidr| c.contains(ip));
             if let Err(error) = self.policy.apply(&state, &self.datapath, local) {
                 tracing::error!(%error, "the new policy does not fit the datapath; the previous one stays enforced");

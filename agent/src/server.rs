@@ -1,10 +1,12 @@
 //! The node API over a unix socket (axum): the CNI operations, endpoints, IPAM,
-//! datapath counters, the flow stream and health. Paths come from `lumen_api::paths`.
+//! datapath counters, the flow stream, NetworkPolicy (list, per pod, explain)
+//! and health. Paths come from `lumen_api::paths`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRef, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lumen_api::cni::{AgentError, CniRequest, GcRequest, code};
 use lumen_api::flow::FlowEvent;
+use lumen_api::policy::{ExplainQuery, ExplainRequest, ForQuery, PolicyQueryError};
 use lumen_api::{FlowFilter, FlowQuery, paths};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
@@ -21,6 +24,7 @@ use crate::flows::Flows;
 use crate::metrics::{CollectorCounts, MapFill, Metrics, Snapshot};
 use crate::node::Node;
 use crate::pods::PodError;
+use crate::policy::report::{self, ReportError};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -79,6 +83,9 @@ pub fn app(state: AppState) -> Router {
         .route(paths::FLOWS, get(flows))
         .route(paths::FLOW_STATS, get(flow_stats))
         .route(paths::METRICS, get(metrics))
+        .route(paths::POLICIES, get(policies))
+        .route(paths::POLICIES_FOR, get(policies_for))
+        .route(paths::POLICIES_EXPLAIN, get(policies_explain))
         .with_state(state)
 }
 
@@ -175,6 +182,102 @@ async fn counters(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, Ap
         .map(|(k, v)| (k.to_owned(), v.into()))
         .collect();
     Ok(Json(counters))
+}
+
+/// A policy question the agent cannot answer: `{"error": …}` with the status.
+#[derive(Debug)]
+pub struct QueryError {
+    status: StatusCode,
+    message: String,
+}
+
+impl From<QueryRejection> for QueryError {
+    fn from(e: QueryRejection) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: e.body_text(),
+        }
+    }
+}
+
+impl From<PolicyQueryError> for QueryError {
+    fn from(e: PolicyQueryError) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<ReportError> for QueryError {
+    fn from(e: ReportError) -> Self {
+        let status = match e {
+            ReportError::UnknownPod { .. } => StatusCode::NOT_FOUND,
+            ReportError::Datapath(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            message = format!("{message}: {cause}");
+            source = cause.source();
+        }
+        Self { status, message }
+    }
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// `GET /v1/policies`: every policy in force and every refused one.
+async fn policies(State(node): State<Arc<Node>>) -> Json<lumen_api::policy::PolicyList> {
+    Json(node.policy.with_compiled(report::list))
+}
+
+/// `GET /v1/policies/for?pod=ns/name`: what applies to one pod.
+async fn policies_for(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<ForQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, QueryError> {
+    let pod = query?.pod()?;
+    let cidr = node.pod_cidr();
+    let local = |ip| cidr.is_some_and(|c| c.contains(ip));
+    let answer = node
+        .policy
+        .with_compiled(|c| report::for_pod(c, &node.config.node_name, local, &pod))?;
+    Ok(Json(answer))
+}
+
+/// `GET /v1/policies/explain?from=…&to_pod=…&protocol=TCP&port=80`: the verdict
+/// for one packet, with this node's datapath beside the engine where it
+/// enforces a direction.
+async fn policies_explain(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<ExplainQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, QueryError> {
+    let request = ExplainRequest::try_from(&query?.0)?;
+    let cidr = node.pod_cidr();
+    let local = |ip| cidr.is_some_and(|c| c.contains(ip));
+    // The datapath is read while the policy cannot change: its maps are this
+    // policy's (the enforcer takes the same two locks in the same order).
+    let answer = node.policy.with_compiled(|c| {
+        report::explain(
+            c,
+            &node.config.node_name,
+            local,
+            &request,
+            |from, to, proto, port| {
+                let dp = node
+                    .datapath
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                dp.decide(from, to, proto, port)
+            },
+        )
+    })?;
+    Ok(Json(answer))
 }
 
 fn ndjson(event: &FlowEvent) -> Result<Bytes, Infallible> {
@@ -306,5 +409,62 @@ fn snapshot(state: &AppState) -> Snapshot {
         maps,
         collectors,
         ipam,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lumen_api::policy::PodRef;
+
+    use super::*;
+
+    async fn answer(e: QueryError) -> (StatusCode, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&body).expect("JSON body"))
+    }
+
+    #[tokio::test]
+    async fn policy_questions_fail_with_a_status_and_a_json_error() {
+        let bad = ExplainRequest::try_from(&ExplainQuery {
+            from: Some("10.0.0".into()),
+            to_pod: Some("x/b".into()),
+            port: Some("80".into()),
+            ..ExplainQuery::default()
+        })
+        .expect_err("bad address");
+        let (status, body) = answer(bad.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["error"],
+            "from: \"10.0.0\" is not a valid IPv4 address"
+        );
+
+        let missing = ForQuery::default().pod().expect_err("no pod");
+        assert_eq!(answer(missing.into()).await.0, StatusCode::BAD_REQUEST);
+
+        let unknown = ReportError::UnknownPod {
+            pod: PodRef {
+                namespace: "x".into(),
+                name: "zz".into(),
+            },
+        };
+        let (status, body) = answer(unknown.into()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "no pod x/zz with an address");
+
+        let broken = ReportError::Datapath(crate::datapath::DatapathError::Lookup {
+            name: "ep_policy",
+            source: aya::maps::MapError::KeyNotFound,
+        });
+        let (status, body) = answer(broken.into()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body["error"],
+            "the datapath's policy maps could not be read: reading BPF map ep_policy failed: key not found"
+        );
     }
 }

@@ -76,7 +76,7 @@ impl FlowQuery {
 
 /// `application/x-www-form-urlencoded` value encoding: unreserved characters as
 /// they are, every other byte of the UTF-8 as `%XX`.
-fn percent_encode(value: &str) -> String {
+pub(crate) fn percent_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {

@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod filter;
 pub mod flow;
 pub mod paths;
+pub mod policy;
 pub mod tag;
 
 pub use cidr::Ipv4Cidr;

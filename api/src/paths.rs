@@ -21,5 +21,14 @@ pub const COUNTERS: &str = "/v1/datapath/counters";
 pub const FLOWS: &str = "/v1/flows";
 /// `GET` the flow pipeline's state ([`crate::flow::FlowStats`]).
 pub const FLOW_STATS: &str = "/v1/flows/stats";
+/// `GET` every NetworkPolicy in force and every refused one
+/// ([`crate::policy::PolicyList`]).
+pub const POLICIES: &str = "/v1/policies";
+/// `GET` what applies to one pod ([`crate::policy::PodPolicies`]), asked with a
+/// [`crate::policy::ForQuery`].
+pub const POLICIES_FOR: &str = "/v1/policies/for";
+/// `GET` the verdict for one packet ([`crate::policy::Explanation`]), asked
+/// with a [`crate::policy::ExplainQuery`].
+pub const POLICIES_EXPLAIN: &str = "/v1/policies/explain";
 /// `GET` the agent's metrics in the Prometheus text format.
 pub const METRICS: &str = "/metrics";

@@ -1,6 +1,7 @@
 //! Privileged: the datapath programs in the kernel, run with BPF_PROG_TEST_RUN on
 //! crafted packets inside a namespace of the test's own. Checks each forwarding
-//! decision, the MAC rewrite and the per-CPU counters.
+//! decision, the MAC rewrite, the per-CPU counters, the policy verdicts, and
+//! that `Datapath::decide` reads those verdicts back from the maps.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -235,4 +236,122 @@ fn policy_decides_each_flow_in_the_kernel() {
         [9, 0],
         "denied by the default deny 9 (ingress)"
     );
+}
+
+#[test]
+fn decide_reads_the_kernels_verdicts_back() {
+    if !harness::require_root("decide_reads_the_kernels_verdicts_back") {
+        return;
+    }
+    let (_ns, mut dp) = two_pods("lumen-test-decide");
+    let cidr = |s: &str| -> Ipv4Cidr { s.parse().expect("cidr") };
+    let host = |ip| Ipv4Cidr::new(ip, 32).expect("cidr");
+    // B: ingress from A on TCP 80 (5), or from the cluster but 10.244.1.8/30 on
+    // UDP 53 and TCP 8000-8100 (6); else 9. A: egress to B on TCP 80-90 and
+    // 8000-8100 (7), anything to the remote CIDR (8); else 10.
+    dp.set_policy(&[
+        EndpointRules {
+            ip: POD_B,
+            ingress: Some(DirectionRules {
+                deny_id: 9,
+                rules: vec![
+                    RuleEntry {
+                        id: 5,
+                        peers: vec![(host(POD_A), true)],
+                        ports: Some(vec![(6, 80, 80)]),
+                    },
+                    RuleEntry {
+                        id: 6,
+                        peers: vec![
+                            (cidr("10.244.0.0/16"), true),
+                            (cidr("10.244.1.8/30"), false),
+                        ],
+                        ports: Some(vec![(17, 53, 53), (6, 8000, 8100)]),
+                    },
+                ],
+            }),
+            egress: None,
+        },
+        EndpointRules {
+            ip: POD_A,
+            ingress: None,
+            egress: Some(DirectionRules {
+                deny_id: 10,
+                rules: vec![
+                    RuleEntry {
+                        id: 7,
+                        peers: vec![(host(POD_B), true)],
+                        ports: Some(vec![(6, 80, 90), (6, 8000, 8100)]),
+                    },
+                    RuleEntry {
+                        id: 8,
+                        peers: vec![(cidr("10.244.2.0/24"), true)],
+                        ports: None,
+                    },
+                ],
+            }),
+        },
+    ])
+    .expect("policy");
+
+    let stranger = Ipv4Addr::new(10, 244, 1, 9);
+    let elsewhere = Ipv4Addr::new(10, 244, 3, 3);
+    let remote = Ipv4Addr::new(10, 244, 2, 7);
+    let outside = Ipv4Addr::new(203, 0, 113, 10);
+    // (source, destination, port, the rules [ingress, egress] expected to decide).
+    // Every flow has a source port of its own, so each is decided afresh.
+    let cases = [
+        (POD_A, POD_B, 80, [5, 7]),
+        (POD_A, POD_B, 85, [9, 7]),
+        (POD_A, POD_B, 95, [9, 10]),
+        (POD_A, POD_B, 8050, [6, 7]),
+        (stranger, POD_B, 8050, [9, 0]),
+        (elsewhere, POD_B, 8050, [6, 0]),
+        (elsewhere, POD_B, 53, [9, 0]),
+        (POD_A, remote, 443, [0, 8]),
+        (POD_A, outside, 80, [0, 10]),
+        (POD_B, POD_A, 80, [0, 0]),
+    ];
+    let mut decided = Vec::new();
+    for (i, &(src, dst, port, _)) in cases.iter().enumerate() {
+        let sport = 41000 + u16::try_from(i).expect("few cases");
+        let (verdict, _) = run(
+            &mut dp,
+            names::FROM_POD,
+            &tcp((src, sport), (dst, port), SYN),
+        );
+        let d = dp.decide(src, dst, 6, port).expect("maps readable");
+        assert_eq!(
+            verdict == TC_ACT_SHOT,
+            d.denied,
+            "{src}:{sport} -> {dst}:{port}: kernel {verdict}, decide {d:?}"
+        );
+        decided.push((sport, d));
+    }
+    let maps = dp.take_flow_maps().expect("flow maps");
+    let kernel: std::collections::HashMap<u16, [u16; 2]> = maps
+        .table
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| (u16::from_be(k.port[0]).max(u16::from_be(k.port[1])), v.rule))
+        .collect();
+    for ((sport, d), (src, dst, port, expected)) in decided.iter().zip(cases) {
+        let case = format!("{src}:{sport} -> {dst}:{port}");
+        assert_eq!(
+            kernel.get(sport),
+            Some(&[d.ingress_rule, d.egress_rule]),
+            "{case}: the flow entry's rules"
+        );
+        assert_eq!([d.ingress_rule, d.egress_rule], expected, "{case}");
+    }
+    assert_eq!(
+        decided.iter().filter(|(_, d)| d.denied).count(),
+        5,
+        "{decided:?}"
+    );
+
+    // No policy: the kernel decides nothing, and neither does decide.
+    dp.set_policy(&[]).expect("no policy");
+    let d = dp.decide(POD_A, POD_B, 6, 95).expect("maps readable");
+    assert_eq!((d.ingress_rule, d.egress_rule, d.denied), (0, 0, false));
 }

@@ -1,19 +1,26 @@
 //! NetworkPolicy in a live lab with real packets: a default deny and an allow
 //! rule enforced across nodes for TCP, UDP and SCTP; the drop and the allow are
-//! attributed in the flow records; a new policy cuts an allowed connection; a bad policy is refused and
-//! the old one stays enforced; deleting policies restores reachability.
+//! attributed in the flow records, and `lumen policy explain` names the same
+//! rules with each node's datapath agreeing; `lumen policy for` shows the
+//! isolating policy; a new policy cuts an allowed connection; a bad policy is
+//! refused (listed with its reason by `lumen policy list`) and the old one
+//! stays enforced; deleting policies restores reachability.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use lumen_api::Flow;
 use lumen_api::flow::{RuleAction, Verdict};
+use lumen_api::policy::{Explanation, PodPolicies, PolicyList, PolicyType};
+use lumen_api::{Ipv4Cidr, paths};
 use lumen_lab::Lab;
 use lumen_lab::netio::probe::{Proto, probe};
 use lumen_tests::harness::{self, in_netns};
 
 const TIMEOUT: Duration = Duration::from_millis(400);
+const LAB: &str = "t-policy";
 
 /// Whether `from` reaches `to` on `port`/`proto` (a reply came back).
 fn reaches(lab: &Lab, from: &str, to: &str, proto: Proto, port: u16) -> bool {
@@ -33,6 +40,68 @@ fn eventually(what: &str, check: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "never happened: {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `lumen policy ARGS` over the lab's agents: its standard output.
+fn lumen_policy(args: &[&str]) -> String {
+    let out = harness::lumen(&[&["policy", "--lab", LAB], args].concat());
+    assert!(
+        out.status.success(),
+        "lumen policy {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `lumen policy ARGS -o json` as JSON.
+fn policy_json(args: &[&str]) -> serde_json::Value {
+    let out = lumen_policy(&[args, &["-o", "json"]].concat());
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("lumen policy {args:?}: {e}: {out}"))
+}
+
+/// `lumen policy explain` of `flow`'s packet names the rules the flow record
+/// names, and the datapath of each end's node agrees with it.
+fn explain_like_the_record(lab: &Lab, flow: &Flow) -> Explanation {
+    let from = flow.source.pod_ref().expect("source is a pod");
+    let to = flow.destination.pod_ref().expect("destination is a pod");
+    let packet = format!("{}/{}", flow.destination.port, flow.protocol);
+    let e: Explanation = serde_json::from_value(policy_json(&["explain", &from, &to, &packet]))
+        .expect("explanation");
+    let case = format!("{from} -> {to} {packet}");
+    assert_eq!(e.allowed, flow.verdict == Verdict::Forwarded, "{case}");
+    // Both ends' rules are on the record: the source is never isolated here,
+    // and the record is the destination's node's.
+    assert_eq!(
+        e.ingress.engine.policy(),
+        flow.ingress_policy.as_ref(),
+        "{case}"
+    );
+    assert_eq!(
+        e.egress.engine.policy(),
+        flow.egress_policy.as_ref(),
+        "{case}"
+    );
+    for (direction, pod, d) in [
+        ("egress", &flow.source, &e.egress),
+        ("ingress", &flow.destination, &e.ingress),
+    ] {
+        let pod = lab.pod(pod.pod.as_deref().expect("pod")).expect("lab pod");
+        assert_eq!(
+            d.node.as_deref(),
+            Some(pod.node.as_str()),
+            "{case} {direction}"
+        );
+        let datapath = d.datapath.as_ref().expect("the enforcing node's datapath");
+        assert!(datapath.agrees, "{case} {direction}: {datapath:?}");
+        assert_eq!(datapath.rule, d.engine.rule(), "{case} {direction}");
+    }
+    let text = lumen_policy(&["explain", &from, &to, &packet]);
+    assert_eq!(
+        text.matches("datapath agrees: yes").count(),
+        2,
+        "{case}: {text}"
+    );
+    e
 }
 
 const DENY_ALL_TO_21: &str = r"
@@ -65,7 +134,7 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
         return;
     }
     let guard = harness::lab_with(
-        "t-policy",
+        LAB,
         2,
         2,
         &["--idle-timeout=1s", "--flow-drain-interval=250ms"],
@@ -158,7 +227,66 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
         (rule.name.as_str(), rule.rule.as_str()),
         ("web-from-11", "ingress[0]")
     );
-    let metrics = harness::get_text(&socket, lumen_api::paths::METRICS);
+    let allowed_flow = allowed
+        .iter()
+        .find(|f| f.ingress_policy.is_some())
+        .expect("an allowed flow");
+
+    // `lumen policy explain` names the same rules, and both nodes' datapaths agree.
+    let denial = explain_like_the_record(lab, flow);
+    assert!(matches!(
+        denial.ingress.engine,
+        lumen_api::policy::EngineVerdict::DefaultDeny { .. }
+    ));
+    let allow = explain_like_the_record(lab, allowed_flow);
+    assert!(allow.allowed);
+    let text = lumen_policy(&["explain", "default/pod-1-2", "default/pod-2-1", "80/tcp"]);
+    assert!(
+        text.contains("DENIED") && text.contains("default deny of default/web-deny-all"),
+        "{text}"
+    );
+
+    // `lumen policy for` shows the isolating policy and the allowing rule.
+    let for_21: PodPolicies =
+        serde_json::from_value(policy_json(&["for", "default/pod-2-1"])).expect("pod policies");
+    assert_eq!((for_21.node.as_str(), for_21.local), ("node-2", true));
+    assert!(for_21.ingress.isolated && !for_21.egress.isolated);
+    let deny = for_21.ingress.default_deny.as_ref().expect("default deny");
+    assert_eq!(Some(&deny.policy), flow.ingress_policy.as_ref());
+    assert_eq!(deny.id, denial.ingress.engine.rule(), "the id explain gave");
+    let rules: Vec<_> = for_21
+        .ingress
+        .rules
+        .iter()
+        .map(|r| {
+            let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
+            (
+                r.policy.name.as_str(),
+                r.policy.rule.as_str(),
+                r.peers.clone(),
+                ports,
+            )
+        })
+        .collect();
+    let p11 = lab.address_of("pod-1-1").expect("pod-1-1");
+    assert_eq!(
+        rules,
+        [(
+            "web-from-11",
+            "ingress[0]",
+            vec![Ipv4Cidr::host(p11)],
+            vec!["TCP/80".to_owned(), "UDP/80".into(), "SCTP/80".into()]
+        )]
+    );
+    let text = lumen_policy(&["for", "default/pod-2-1"]);
+    assert!(
+        text.contains("Ingress: isolated, default deny of default/web-deny-all")
+            && text.contains("allow default/web-from-11 ingress[0]")
+            && text.contains("Egress: not isolated"),
+        "{text}"
+    );
+
+    let metrics = harness::get_text(&socket, paths::METRICS);
     assert!(
         harness::metric(&metrics, "lumen_datapath_drops_total{reason=\"policy\"}") > 0.0,
         "policy drops are counted"
@@ -188,6 +316,41 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
         log.contains("web-from-11") && log.contains("70000"),
         "refusal logged with its reason"
     );
+    // `lumen policy list` shows the refusal and its reason, and the old
+    // version still in force.
+    let list: PolicyList = serde_json::from_value(policy_json(&["list"])).expect("policy list");
+    let refused = list
+        .rejected
+        .iter()
+        .find(|r| r.name == "web-from-11")
+        .unwrap_or_else(|| panic!("refusal listed: {list:?}"));
+    assert!(refused.reason.contains("70000"), "{}", refused.reason);
+    assert!(refused.previous_in_force);
+    let listed: Vec<_> = list
+        .policies
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.policy_types.clone(),
+                p.selected_pods,
+                p.previous_version,
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("web-deny-all", vec![PolicyType::Ingress], 1, false),
+            ("web-from-11", vec![PolicyType::Ingress], 1, true),
+        ]
+    );
+    let text = lumen_policy(&["list"]);
+    assert!(
+        text.contains("Refused:")
+            && text.contains(&format!("default/web-from-11: {}", refused.reason)),
+        "{text}"
+    );
 
     // Policies gone: everything reaches pod-2-1 again.
     for name in ["deny", "allow"] {
@@ -196,5 +359,6 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
     eventually("pod-1-2 reaches pod-2-1 again", || {
         reaches(lab, "pod-1-2", "pod-2-1", Proto::Tcp, 80)
     });
+    assert_eq!(lumen_policy(&["list"]), "No NetworkPolicy in force.\n");
     drop(guard);
 }

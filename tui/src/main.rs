@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod lab_cmd;
 mod observe;
+mod policy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +26,8 @@ enum Command {
     Lab(lab_cmd::LabArgs),
     /// Flow records from the node agents, like `hubble observe`
     Observe(Box<observe::ObserveArgs>),
+    /// NetworkPolicy: what is in force, what applies to a pod, why a packet passes or not
+    Policy(policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Lab(args) => lab_cmd::run(args).map_err(anyhow::Error::from),
         Command::Observe(args) => observe::run(*args).map_err(anyhow::Error::from),
+        Command::Policy(args) => policy::run(args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
@@ -84,6 +88,15 @@ mod tests {
                 "/tmp/a.sock",
                 "--verdict",
                 "DROPPED",
+            ],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        for args in [
+            &["lumen", "policy", "list"][..],
+            &["lumen", "policy", "for", "default/pod-1-1", "--lab", "t1"],
+            &[
+                "lumen", "policy", "explain", "pod-1-1", "pod-2-1", "80/tcp", "-o", "json",
             ],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

@@ -1,12 +1,14 @@
 //! The BPF datapath of one node: loads `datapath.bpf.o` with aya, owns the typed
 //! map handles, attaches the tc programs to pod veths and the VXLAN device, and
-//! writes endpoints and remote pod CIDRs into the maps.
+//! writes endpoints and remote pod CIDRs into the maps. `decide` reads the
+//! policy maps back to tell how the kernel decides a flow.
 //!
 //! Attachments are tc filters on a clsact qdisc. They outlive the agent, so pods
 //! keep forwarding (with the maps as they were) while an agent restarts; the new
 //! agent replaces the filters of every endpoint it re-adopts.
 
 pub mod abi;
+pub mod decide;
 pub mod policy;
 
 use std::collections::HashMap as StdHashMap;
@@ -25,6 +27,7 @@ use abi::{
     CFG_NO_FLOWS, CFG_POLICY, DpConfig, EndpointValue, EpPolicy, FlowKey, FlowValue, LpmV4Key,
     MAX_POLICY_RULES, PeerKey, PolicyRule, RemoteNode, Traffic, be_addr, names,
 };
+pub use decide::DatapathDecision;
 use policy::{EndpointRules, Layout, LayoutError};
 
 /// The compiled datapath, built by build.rs.
@@ -52,6 +55,12 @@ pub enum DatapathError {
     },
     #[error("the compiled policy does not fit the datapath")]
     PolicyLayout(#[from] LayoutError),
+    #[error("reading BPF map {name} failed")]
+    Lookup {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("updating BPF map {name} failed")]
     Update {
         name: &'static str,

@@ -101,8 +101,13 @@ impl Enforcer {
         Ok(())
     }
 
-    /// The policy in force, for the API.
-    pub fn compiled(&self) -> Compiled {
-        self.compiled.lock().map(|c| c.clone()).unwrap_or_default()
+    /// `f` of the policy in force, for the API. It stays in force meanwhile:
+    /// reading the datapath inside `f` sees the maps of exactly this policy.
+    pub fn with_compiled<T>(&self, f: impl FnOnce(&Compiled) -> T) -> T {
+        let compiled = self
+            .compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&compiled)
     }
 }
