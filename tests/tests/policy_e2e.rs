@@ -20,6 +20,61 @@ use lumen_lab::netio::probe::{Proto, probe};
 use lumen_tests::harness::{self, in_netns};
 
 const TIMEOUT: Duration = Duration::from_millis(400);
+/// An IPFIX collector of the test's own, on the underlay gateway.
+const COLLECTOR: &str = "192.0.2.1:4741";
+
+/// Datagrams sent to [`COLLECTOR`], kept for an independent decoder.
+struct Collector {
+    messages: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Collector {
+    /// Bind inside the lab's underlay namespace and keep reading.
+    fn listen(underlay: &Path) -> Self {
+        let socket = in_netns(underlay, || {
+            std::net::UdpSocket::bind(COLLECTOR).expect("bind the collector")
+        });
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0; 65_536];
+            while let Ok(n) = socket.recv(&mut buf) {
+                sink.lock().expect("lock").push(buf[..n].to_vec());
+            }
+        });
+        Self { messages }
+    }
+
+    /// Every flow record so far, decoded by PyPI `ipfix` with our IE spec.
+    fn decoded(&self) -> Vec<serde_json::Value> {
+        use lumen_tests::peers::{python_with, repo_file};
+        let file = std::env::temp_dir().join(format!("lumen-policy-{}.ipfix", std::process::id()));
+        let bytes: Vec<u8> = self.messages.lock().expect("lock").concat();
+        std::fs::write(&file, bytes).expect("write messages");
+        let out = std::process::Command::new(python_with("ipfix"))
+            .arg(repo_file("tests/peers/ipfix_decode.py"))
+            .arg("--file")
+            .arg(&file)
+            .arg("--iespec")
+            .arg(repo_file("dashboards/collectors/python-ipfix/lumen.iespec"))
+            .output()
+            .expect("the decoder runs (install with: cargo xtask deps)");
+        assert!(
+            out.status.success(),
+            "decoding {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_file(&file);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .flat_map(|m| m["records"].as_array().cloned().unwrap_or_default())
+            .filter(|r| r["template_id"] == 256)
+            .map(|r| r["fields"].clone())
+            .collect()
+    }
+}
 const LAB: &str = "t-policy";
 
 /// Whether `from` reaches `to` on `port`/`proto` (a reply came back).
@@ -133,14 +188,24 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
     if !harness::require_root("policy_enforced_attributed_and_changed_at_run_time") {
         return;
     }
+    let collector_url = format!("--ipfix-collector=udp://{COLLECTOR}");
     let guard = harness::lab_with(
         LAB,
         2,
         2,
-        &["--idle-timeout=1s", "--flow-drain-interval=250ms"],
+        &[
+            "--idle-timeout=1s",
+            "--flow-drain-interval=250ms",
+            &collector_url,
+            // The collector binds after the agents started: templates again soon.
+            "--ipfix-template-refresh=1s",
+        ],
     );
     let lab = guard.lab();
     let manifests = lab.state().manifests_dir();
+    let collector = Collector::listen(&lumen_lab::netio::netns::path_for(
+        &lab.state().underlay.netns,
+    ));
     let protos = [Proto::Tcp, Proto::Udp, Proto::Sctp];
 
     // Before any policy everything reaches pod-2-1.
@@ -231,6 +296,61 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
         .iter()
         .find(|f| f.ingress_policy.is_some())
         .expect("an allowed flow");
+
+    // The IPFIX records say the same, read by an independent decoder (PyPI ipfix).
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        records = collector.decoded();
+        let has = |src: &str| {
+            records.iter().any(|r| {
+                r["sourcePodName"] == src
+                    && r["destinationPodName"] == "pod-2-1"
+                    && !r["ingressNetworkPolicyName"]
+                        .as_str()
+                        .unwrap_or("")
+                        .is_empty()
+            })
+        };
+        if has("pod-1-2") && has("pod-1-1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ipfix_denied = records
+        .iter()
+        .find(|r| {
+            r["sourcePodName"] == "pod-1-2"
+                && r["destinationPodName"] == "pod-2-1"
+                && r["lumenVerdict"] == 2
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no IPFIX record of the drop in {records:#?} ({} datagrams received)",
+                collector.messages.lock().map_or(0, |m| m.len())
+            )
+        });
+    assert_eq!(ipfix_denied["ingressNetworkPolicyName"], "web-deny-all");
+    assert_eq!(ipfix_denied["ingressNetworkPolicyNamespace"], "default");
+    assert_eq!(ipfix_denied["ingressNetworkPolicyRuleName"], "");
+    assert_eq!(ipfix_denied["ingressNetworkPolicyRuleAction"], 2, "drop");
+    assert_eq!(
+        ipfix_denied["ingressNetworkPolicyType"], 1,
+        "K8s NetworkPolicy"
+    );
+    assert_eq!(ipfix_denied["lumenDropReason"], 1, "policy");
+    let ipfix_allowed = records
+        .iter()
+        .find(|r| {
+            r["sourcePodName"] == "pod-1-1"
+                && r["destinationPodName"] == "pod-2-1"
+                && r["destinationTransportPort"] == 80
+                && r["lumenVerdict"] == 1
+                && r["ingressNetworkPolicyName"] == "web-from-11"
+        })
+        .unwrap_or_else(|| panic!("no IPFIX record of the allowed flow in {records:#?}"));
+    assert_eq!(ipfix_allowed["ingressNetworkPolicyRuleName"], "ingress[0]");
+    assert_eq!(ipfix_allowed["ingressNetworkPolicyRuleAction"], 1, "allow");
 
     // `lumen policy explain` names the same rules, and both nodes' datapaths agree.
     let denial = explain_like_the_record(lab, flow);
