@@ -1,10 +1,12 @@
 //! What a lab is made of: its configuration, the fixed address plan, and the names
 //! of its namespaces, nodes and pods (and the inverse: is a namespace one of ours).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use lumen_api::Ipv4Cidr;
+use serde::{Deserialize, Serialize};
 
 use crate::LabError;
 
@@ -49,6 +51,15 @@ pub const MAX_NODES: u32 = 200;
 pub const MAX_PODS_PER_NODE: u32 = 250;
 /// Longest lab name: keeps netns names and paths short.
 pub const MAX_NAME_LEN: usize = 32;
+/// The label Kubernetes puts on every namespace, holding its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// The upstream NetworkPolicy e2e model's namespaces: node 1's pods live in the
+/// first, node 2's in the second…
+pub const MODEL_NAMESPACES: [&str; 3] = ["x", "y", "z"];
+/// The model's pod names, by index on their node.
+pub const MODEL_PODS: [&str; 3] = ["a", "b", "c"];
+/// The protocols every model pod serves, as Kubernetes spells them.
+pub const MODEL_PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
 
 /// How to build a lab.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +118,153 @@ impl LabConfig {
         };
         Err(LabError::Config { reason })
     }
+}
+
+/// Who the lab's pods are: their Kubernetes namespaces, names, labels and
+/// container ports. Only the manifests differ; namespaces, addresses, processes
+/// and files are the same for every layout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PodLayout {
+    /// `pod-<node>-<i>` in namespace `default`, labelled `app=<name>` and
+    /// `lab-node=<node>`, with container ports `http` (80/TCP), `http-alt`
+    /// (81/TCP) and unnamed 80/UDP and 81/UDP.
+    #[default]
+    Numbered,
+    /// The model of the upstream Kubernetes NetworkPolicy e2e tests, for up to
+    /// 3 nodes of up to 3 pods: node 1's pods are in namespace `x`, node 2's in
+    /// `y`, node 3's in `z`, named `a`, `b`, `c` and labelled `pod=<name>`;
+    /// namespaces are labelled `ns=<name>`; every pod has the container ports
+    /// `serve-<port>-<protocol>` (`serve-80-tcp`, `serve-80-udp`,
+    /// `serve-80-sctp`, `serve-81-tcp`…) of the ports its server listens on.
+    Model,
+}
+
+/// A container port in a Pod manifest (`spec.containers[].ports[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    /// Named ports are what a NetworkPolicy can refer to by name.
+    pub name: Option<String>,
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+}
+
+impl ContainerPort {
+    pub fn named(name: &str, port: u16, protocol: &str) -> Self {
+        Self {
+            name: Some(name.to_owned()),
+            port,
+            protocol: protocol.to_owned(),
+        }
+    }
+}
+
+// === impl PodLayout ===
+
+impl PodLayout {
+    /// Refuse a lab the layout has no names for.
+    pub fn validate(self, config: &LabConfig) -> Result<(), LabError> {
+        let (nodes, pods) = (MODEL_NAMESPACES.len(), MODEL_PODS.len());
+        match self {
+            Self::Numbered => Ok(()),
+            Self::Model
+                if config.nodes as usize <= nodes && config.pods_per_node as usize <= pods =>
+            {
+                Ok(())
+            }
+            Self::Model => Err(LabError::Config {
+                reason: format!(
+                    "the NetworkPolicy model has at most {nodes} nodes of {pods} pods, not {} of {}",
+                    config.nodes, config.pods_per_node
+                ),
+            }),
+        }
+    }
+
+    /// The Kubernetes namespace of node `node`'s pods.
+    pub fn pod_namespace(self, node: u32) -> String {
+        match self {
+            Self::Numbered => POD_NAMESPACE.to_owned(),
+            Self::Model => model_name(&MODEL_NAMESPACES, node),
+        }
+    }
+
+    /// The Kubernetes name of pod `pod` of node `node`.
+    pub fn pod_name(self, node: u32, pod: u32) -> String {
+        match self {
+            Self::Numbered => pod_name(node, pod),
+            Self::Model => model_name(&MODEL_PODS, pod),
+        }
+    }
+
+    /// The Kubernetes namespaces of a lab of `nodes` nodes, in node order.
+    pub fn namespaces(self, nodes: u32) -> Vec<String> {
+        match self {
+            Self::Numbered => vec![POD_NAMESPACE.to_owned()],
+            Self::Model => (1..=nodes).map(|n| self.pod_namespace(n)).collect(),
+        }
+    }
+
+    /// A namespace's own labels (besides [`NAMESPACE_NAME_LABEL`], which every
+    /// namespace has).
+    pub fn namespace_labels(self, namespace: &str) -> BTreeMap<String, String> {
+        match self {
+            Self::Numbered => BTreeMap::new(),
+            Self::Model => BTreeMap::from([("ns".to_owned(), namespace.to_owned())]),
+        }
+    }
+
+    /// A pod's own labels.
+    pub fn pod_labels(self, name: &str, node: &str) -> BTreeMap<String, String> {
+        let labels: &[(&str, &str)] = match self {
+            Self::Numbered => &[("app", name), ("lab-node", node)],
+            Self::Model => &[("pod", name)],
+        };
+        labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// Every pod's container ports: the ports its echo server listens on.
+    pub fn container_ports(self) -> Vec<ContainerPort> {
+        match self {
+            Self::Numbered => vec![
+                ContainerPort::named("http", 80, "TCP"),
+                ContainerPort::named("http-alt", 81, "TCP"),
+                ContainerPort {
+                    name: None,
+                    port: 80,
+                    protocol: "UDP".to_owned(),
+                },
+                ContainerPort {
+                    name: None,
+                    port: 81,
+                    protocol: "UDP".to_owned(),
+                },
+            ],
+            Self::Model => SERVER_PORTS
+                .iter()
+                .flat_map(|&port| {
+                    MODEL_PROTOCOLS.iter().map(move |protocol| {
+                        let name = format!("serve-{port}-{}", protocol.to_ascii_lowercase());
+                        ContainerPort::named(&name, port, protocol)
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The `index`th (from 1) of `names`; `validate` keeps indices in range.
+fn model_name(names: &[&str], index: u32) -> String {
+    let at = usize::try_from(index)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(1);
+    names
+        .get(at)
+        .map_or_else(|| index.to_string(), |n| (*n).to_owned())
 }
 
 /// Lab names become namespace-name prefixes: keep them to what `ip netns` and

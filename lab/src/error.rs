@@ -91,6 +91,8 @@ pub enum LabError {
     },
     #[error("lab {lab:?} has no pod, node or host named {name:?}")]
     UnknownTarget { lab: String, name: String },
+    #[error("lab {lab:?} has no Kubernetes namespace {namespace:?}")]
+    UnknownNamespace { lab: String, namespace: String },
     #[error("{name} has no address yet")]
     NoAddress { name: String },
     #[error("invalid probe {spec:?}")]

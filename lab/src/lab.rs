@@ -2,6 +2,7 @@
 //! `open` finds it again from its state file, and the accessors answer "which
 //! namespace / address is X" for `exec`, `probe` and the tests.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use serde_json::Value;
 
 use crate::LabError;
 use crate::cni_exec::{self, CniCommand};
-use crate::config::{self, LabConfig};
+use crate::config::{self, ContainerPort, LabConfig, PodLayout};
 use crate::down::{DownReport, down};
 use crate::manifest;
 use crate::process;
@@ -123,7 +124,17 @@ impl Lab {
     /// Build the lab described by `config`, calling `progress` after each step.
     /// On failure everything built so far is removed again.
     pub fn up(config: &LabConfig, progress: &mut dyn FnMut(Progress)) -> Result<Self, LabError> {
+        Self::up_with(config, PodLayout::Numbered, progress)
+    }
+
+    /// [`Self::up`] with the pods of `layout` (e.g. the NetworkPolicy model).
+    pub fn up_with(
+        config: &LabConfig,
+        layout: PodLayout,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self, LabError> {
         config.validate()?;
+        layout.validate(config)?;
         let bin_dir = std::path::absolute(&config.bin_dir).map_err(|source| LabError::Io {
             action: "resolve",
             path: config.bin_dir.clone(),
@@ -150,7 +161,7 @@ impl Lab {
             ..config.clone()
         };
         let mut lab = Self {
-            state: LabState::plan(&config),
+            state: LabState::plan_with(&config, layout),
         };
         match lab.build(&config, progress) {
             Ok(()) => Ok(lab),
@@ -200,6 +211,7 @@ impl Lab {
         self.state.node(name)
     }
 
+    /// The pod `name` (see [`Pod::lab_name`]).
     pub fn pod(&self, name: &str) -> Option<&Pod> {
         self.state.pod(name)
     }
@@ -296,20 +308,102 @@ impl Lab {
     /// in the pod's manifest, as a kubelet reports `status.podIP`.
     pub fn attach(&mut self, pod: &str) -> Result<Ipv4Addr, LabError> {
         let result = self.cni(pod, CniCommand::Add)?;
-        let index = self
-            .state
-            .pods
-            .iter()
-            .position(|p| p.name == pod)
-            .ok_or_else(|| self.unknown(pod))?;
+        let index = self.pod_index(pod)?;
         let ip = cni_exec::result_ip(&self.state.pods[index], &result)?;
         self.state.pods[index].ip = Some(ip);
         self.state.save()?;
-        let pod = &self.state.pods[index];
-        if let Some(node) = self.state.node(&pod.node) {
-            manifest::pod(pod, node).write(&self.state.manifests_dir())?;
-        }
+        self.write_pod_manifest(index)?;
         Ok(ip)
+    }
+
+    /// Replace the labels added to `pod` at run time (the layout's own stay,
+    /// unless an added one has the same key) and rewrite its manifest; the
+    /// agents follow within their manifest poll interval.
+    pub fn set_pod_labels(
+        &mut self,
+        pod: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), LabError> {
+        let index = self.pod_index(pod)?;
+        if self.state.pods[index].extra_labels == labels {
+            return Ok(());
+        }
+        self.state.pods[index].extra_labels = labels;
+        self.state.save()?;
+        self.write_pod_manifest(index)
+    }
+
+    /// Replace the container ports added to `pod` at run time (after the
+    /// layout's own) and rewrite its manifest.
+    pub fn set_pod_ports(&mut self, pod: &str, ports: Vec<ContainerPort>) -> Result<(), LabError> {
+        let index = self.pod_index(pod)?;
+        if self.state.pods[index].extra_ports == ports {
+            return Ok(());
+        }
+        self.state.pods[index].extra_ports = ports;
+        self.state.save()?;
+        self.write_pod_manifest(index)
+    }
+
+    /// Replace the labels added to Kubernetes namespace `namespace` at run time
+    /// and rewrite its manifest.
+    pub fn set_namespace_labels(
+        &mut self,
+        namespace: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), LabError> {
+        if !self.state.namespaces().iter().any(|n| n == namespace) {
+            return Err(LabError::UnknownNamespace {
+                lab: self.state.name.clone(),
+                namespace: namespace.to_owned(),
+            });
+        }
+        let current = self.state.namespace_labels.get(namespace);
+        if current.map_or(labels.is_empty(), |c| *c == labels) {
+            return Ok(());
+        }
+        if labels.is_empty() {
+            self.state.namespace_labels.remove(namespace);
+        } else {
+            self.state
+                .namespace_labels
+                .insert(namespace.to_owned(), labels);
+        }
+        self.state.save()?;
+        self.write_namespace_manifest(namespace)
+    }
+
+    fn pod_index(&self, pod: &str) -> Result<usize, LabError> {
+        self.state
+            .pods
+            .iter()
+            .position(|p| p.lab_name() == pod)
+            .ok_or_else(|| self.unknown(pod))
+    }
+
+    fn write_pod_manifest(&self, index: usize) -> Result<(), LabError> {
+        let s = &self.state;
+        let pod = &s.pods[index];
+        if let Some(node) = s.node(&pod.node) {
+            manifest::pod(pod, node, &s.pod_labels(pod), &s.pod_ports(pod))
+                .write(&s.manifests_dir())?;
+        }
+        Ok(())
+    }
+
+    fn write_namespace_manifest(&self, namespace: &str) -> Result<(), LabError> {
+        let s = &self.state;
+        manifest::namespace(namespace, &s.namespace_labels_of(namespace))
+            .write(&s.manifests_dir())
+            .map(drop)
+    }
+
+    /// Route the pod network from the underlay to the nodes, so the external
+    /// host reaches pods (e.g. to test `ipBlock` peers outside the cluster).
+    /// `up` leaves it out: by default only the cluster's nodes reach pods, as
+    /// on a network that does not know the pod CIDRs.
+    pub fn route_pods_from_underlay(&self) -> Result<(), LabError> {
+        topology::route_pod_cidrs(&self.state.underlay, &self.state.nodes)
     }
 
     /// CNI DEL for `pod`.
@@ -400,15 +494,14 @@ impl Lab {
     /// for their routes.
     fn write_manifests(&self) -> Result<(), LabError> {
         let s = &self.state;
-        let dir = s.manifests_dir();
-        manifest::namespace(config::POD_NAMESPACE).write(&dir)?;
-        for node in &s.nodes {
-            manifest::node(node).write(&dir)?;
+        for namespace in s.namespaces() {
+            self.write_namespace_manifest(&namespace)?;
         }
-        for pod in &s.pods {
-            if let Some(node) = s.node(&pod.node) {
-                manifest::pod(pod, node).write(&dir)?;
-            }
+        for node in &s.nodes {
+            manifest::node(node).write(&s.manifests_dir())?;
+        }
+        for index in 0..s.pods.len() {
+            self.write_pod_manifest(index)?;
         }
         Ok(())
     }
@@ -539,16 +632,17 @@ impl Lab {
                 .cloned()
                 .ok_or_else(|| self.unknown(&pod.node))?;
             topology::create_pod(&pod)?;
-            let ip = self.attach(&pod.name)?;
+            let ip = self.attach(&pod.lab_name())?;
             progress(Progress::PodAttached {
-                pod: pod.name.clone(),
+                pod: pod.lab_name(),
                 node: node.name.clone(),
                 ip,
             });
-            let child = self.start_server(&pod.netns, &pod.name, &pod.log, &pod.stats_file)?;
+            let child =
+                self.start_server(&pod.netns, &pod.lab_name(), &pod.log, &pod.stats_file)?;
             self.state.pods[i].server_pid = Some(child.id());
             self.state.save()?;
-            servers.push((pod.name, pod.log, child));
+            servers.push((pod.lab_name(), pod.log, child));
         }
         let ext = self.state.external.clone();
         let child = self.start_server(&ext.netns, &ext.name, &ext.log, &ext.stats_file)?;
@@ -647,6 +741,15 @@ impl LabGuard {
         Lab::up(config, progress).map(Self::new)
     }
 
+    /// [`Self::up`] with the pods of `layout`.
+    pub fn up_with(
+        config: &LabConfig,
+        layout: PodLayout,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self, LabError> {
+        Lab::up_with(config, layout, progress).map(Self::new)
+    }
+
     pub fn new(lab: Lab) -> Self {
         Self { lab }
     }
@@ -717,6 +820,70 @@ mod tests {
     }
 
     #[test]
+    fn run_time_labels_and_ports_rewrite_the_manifests() {
+        let dir = TempDir::new("labels");
+        let cfg = LabConfig {
+            nodes: 3,
+            pods_per_node: 3,
+            ..config(&dir.0)
+        };
+        let mut lab = Lab {
+            state: LabState::plan_with(&cfg, PodLayout::Model),
+        };
+        create_dir(&lab.state.manifests_dir()).unwrap();
+        lab.state.save().unwrap();
+        lab.write_manifests().unwrap();
+        let read = |file: &str| -> serde_yaml::Value {
+            let text = std::fs::read_to_string(lab_manifests(&dir.0).join(file)).unwrap();
+            serde_yaml::from_str(&text).unwrap()
+        };
+        let files: Vec<String> = std::fs::read_dir(lab_manifests(&dir.0))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files.len(), 3 + 3 + 9, "{files:?}");
+        assert_eq!(
+            read("pod-z-c.yaml")["metadata"]["labels"]["pod"].as_str(),
+            Some("c")
+        );
+
+        let extra = BTreeMap::from([("role".to_owned(), "db".to_owned())]);
+        lab.set_pod_labels("x/b", extra.clone()).unwrap();
+        lab.set_pod_ports("x/b", vec![ContainerPort::named("web", 81, "TCP")])
+            .unwrap();
+        lab.set_namespace_labels("y", extra.clone()).unwrap();
+        let pod = read("pod-x-b.yaml");
+        assert_eq!(pod["metadata"]["labels"]["role"].as_str(), Some("db"));
+        assert_eq!(pod["metadata"]["labels"]["pod"].as_str(), Some("b"));
+        let ports = pod["spec"]["containers"][0]["ports"].as_sequence().unwrap();
+        assert_eq!(ports.last().unwrap()["name"].as_str(), Some("web"));
+        assert_eq!(
+            read("namespace-y.yaml")["metadata"]["labels"]["role"].as_str(),
+            Some("db")
+        );
+        // What a test added is recorded, so a reopened lab writes the same.
+        let reopened = Lab::open("t", &dir.0).unwrap();
+        assert_eq!(reopened.pod("x/b").unwrap().extra_labels, extra);
+
+        lab.set_pod_labels("x/b", BTreeMap::new()).unwrap();
+        lab.set_namespace_labels("y", BTreeMap::new()).unwrap();
+        assert!(read("pod-x-b.yaml")["metadata"]["labels"]["role"].is_null());
+        assert!(read("namespace-y.yaml")["metadata"]["labels"]["role"].is_null());
+
+        let err = lab
+            .set_namespace_labels("default", extra.clone())
+            .unwrap_err();
+        assert!(matches!(err, LabError::UnknownNamespace { .. }), "{err}");
+        let err = lab.set_pod_labels("b", extra).unwrap_err();
+        assert!(matches!(err, LabError::UnknownTarget { .. }), "{err}");
+        assert_eq!(lab.netns_of("y/c").as_deref(), Some("t-pod-2-3"));
+    }
+
+    fn lab_manifests(root: &Path) -> PathBuf {
+        config::state_dir(root, "t").join("manifests")
+    }
+
+    #[test]
     fn open_reads_saved_state() {
         let dir = TempDir::new("open");
         let lab = lab(&dir.0);
@@ -738,6 +905,9 @@ mod tests {
         cfg.bin_dir = dir.0.clone();
         let err = Lab::up(&cfg, &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("lumen-agent not found"), "{err}");
+        cfg.nodes = 4;
+        let err = Lab::up_with(&cfg, PodLayout::Model, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("at most 3 nodes"), "{err}");
         cfg.nodes = 0;
         let err = Lab::up(&cfg, &mut |_| {}).unwrap_err();
         assert!(matches!(err, LabError::Config { .. }), "{err}");

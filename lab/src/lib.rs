@@ -24,7 +24,7 @@ pub mod topology;
 pub mod traffic;
 
 pub use cni_exec::CniCommand;
-pub use config::{DEFAULT_NAME, DEFAULT_STATE_ROOT, LabConfig};
+pub use config::{ContainerPort, DEFAULT_NAME, DEFAULT_STATE_ROOT, LabConfig, PodLayout};
 pub use down::{DownReport, down};
 pub use error::LabError;
 pub use lab::{Lab, LabGuard, Progress};

@@ -2,6 +2,7 @@
 //! and path that `status`, `probe`, `exec` and `down` need, planned up front from
 //! the configuration and filled in (pids, pod IPs) as `up` goes.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::LabError;
 use crate::cni_exec;
-use crate::config::{self, LabConfig};
+use crate::config::{self, ContainerPort, LabConfig, PodLayout};
 
 /// File name of the state inside the lab's state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -36,6 +37,13 @@ pub struct LabState {
     /// The lab's Prometheus and its metrics relay, if it runs them.
     #[serde(default)]
     pub prometheus: Option<Prometheus>,
+    /// Who the pods are (names, labels, container ports in the manifests).
+    #[serde(default)]
+    pub layout: PodLayout,
+    /// Labels added to namespaces at run time (see
+    /// [`crate::Lab::set_namespace_labels`]), by namespace.
+    #[serde(default)]
+    pub namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// nfcapd in the underlay namespace, receiving every node's IPFIX.
@@ -137,12 +145,31 @@ pub struct Pod {
     /// The last ADD result, which CHECK and DEL pass back as `prevResult` (a
     /// runtime's result cache).
     pub cni_result: PathBuf,
+    /// Labels added at run time (see [`crate::Lab::set_pod_labels`]), over the
+    /// layout's own.
+    #[serde(default)]
+    pub extra_labels: BTreeMap<String, String>,
+    /// Container ports added at run time (see [`crate::Lab::set_pod_ports`]):
+    /// names a policy can refer to; the server still listens on
+    /// [`config::SERVER_PORTS`] only.
+    #[serde(default)]
+    pub extra_ports: Vec<ContainerPort>,
 }
 
 impl Pod {
     /// The namespace path a runtime hands to CNI.
     pub fn netns_path(&self) -> PathBuf {
         config::netns_path(&self.netns)
+    }
+
+    /// The name `probe`, `exec` and [`LabState::pod`] know the pod by: its name
+    /// in namespace `default` (`pod-1-1`), `namespace/name` in any other (`x/a`).
+    pub fn lab_name(&self) -> String {
+        if self.namespace == config::POD_NAMESPACE {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
     }
 }
 
@@ -154,8 +181,15 @@ impl Node {
 }
 
 impl LabState {
-    /// The full plan for `config`: names, addresses and paths, no processes yet.
+    /// The full plan for `config` with the usual pods ([`PodLayout::Numbered`]).
     pub fn plan(config: &LabConfig) -> Self {
+        Self::plan_with(config, PodLayout::Numbered)
+    }
+
+    /// The full plan for `config` and `layout`: names, addresses and paths, no
+    /// processes yet. Files and namespaces are named after the pod's place
+    /// (`pod-<node>-<i>`) whatever the layout calls it.
+    pub fn plan_with(config: &LabConfig, layout: PodLayout) -> Self {
         let lab = config.name.as_str();
         let state_dir = config::state_dir(&config.state_root, lab);
         let pods_dir = state_dir.join("pods");
@@ -179,18 +213,20 @@ impl LabState {
         let pods = (1..=config.nodes)
             .flat_map(|i| (1..=config.pods_per_node).map(move |j| (i, j)))
             .map(|(i, j)| {
-                let name = config::pod_name(i, j);
+                let place = config::pod_name(i, j);
                 Pod {
-                    namespace: config::POD_NAMESPACE.to_owned(),
+                    name: layout.pod_name(i, j),
+                    namespace: layout.pod_namespace(i),
                     node: config::node_name(i),
                     netns: config::pod_netns(lab, i, j),
                     ip: None,
-                    container_id: cni_exec::container_id(lab, &name),
+                    container_id: cni_exec::container_id(lab, &place),
                     server_pid: None,
-                    log: pods_dir.join(format!("{name}.log")),
-                    stats_file: pods_dir.join(format!("{name}.stats.json")),
-                    cni_result: pods_dir.join(format!("{name}.cni-result.json")),
-                    name,
+                    log: pods_dir.join(format!("{place}.log")),
+                    stats_file: pods_dir.join(format!("{place}.stats.json")),
+                    cni_result: pods_dir.join(format!("{place}.cni-result.json")),
+                    extra_labels: BTreeMap::new(),
+                    extra_ports: Vec::new(),
                 }
             })
             .collect();
@@ -219,6 +255,8 @@ impl LabState {
             agent_args: config.agent_args.clone(),
             collector: None,
             prometheus: None,
+            layout,
+            namespace_labels: BTreeMap::new(),
         }
         .with_collector(config.collector)
     }
@@ -263,8 +301,47 @@ impl LabState {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// The pod whose [`Pod::lab_name`] is `name`.
     pub fn pod(&self, name: &str) -> Option<&Pod> {
-        self.pods.iter().find(|p| p.name == name)
+        self.pods.iter().find(|p| p.lab_name() == name)
+    }
+
+    /// The Kubernetes namespaces the pods live in.
+    pub fn namespaces(&self) -> Vec<String> {
+        let nodes = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+        self.layout.namespaces(nodes)
+    }
+
+    /// Every label of namespace `namespace`: the layout's, then those added at
+    /// run time, and the name label, which nothing overrides (the API server
+    /// sets it).
+    pub fn namespace_labels_of(&self, namespace: &str) -> BTreeMap<String, String> {
+        let mut labels = self.layout.namespace_labels(namespace);
+        labels.extend(
+            self.namespace_labels
+                .get(namespace)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        labels.insert(
+            config::NAMESPACE_NAME_LABEL.to_owned(),
+            namespace.to_owned(),
+        );
+        labels
+    }
+
+    /// Every label of `pod`: the layout's, then those added at run time.
+    pub fn pod_labels(&self, pod: &Pod) -> BTreeMap<String, String> {
+        let mut labels = self.layout.pod_labels(&pod.name, &pod.node);
+        labels.extend(pod.extra_labels.clone());
+        labels
+    }
+
+    /// Every container port of `pod`: the layout's, then those added at run time.
+    pub fn pod_ports(&self, pod: &Pod) -> Vec<ContainerPort> {
+        let mut ports = self.layout.container_ports();
+        ports.extend(pod.extra_ports.iter().cloned());
+        ports
     }
 
     /// Every namespace of the lab, underlay first.
@@ -389,6 +466,70 @@ pub(crate) mod tests {
             prometheus: false,
             relay_port_base: config::DEFAULT_RELAY_PORT_BASE,
         }
+    }
+
+    #[test]
+    fn model_layout_names_pods_by_namespace() {
+        let cfg = LabConfig {
+            nodes: 3,
+            pods_per_node: 3,
+            ..config(Path::new("/run/x"))
+        };
+        let state = LabState::plan_with(&cfg, PodLayout::Model);
+        let names: Vec<String> = state.pods.iter().map(Pod::lab_name).collect();
+        assert_eq!(
+            names,
+            [
+                "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"
+            ]
+        );
+        assert_eq!(state.namespaces(), ["x", "y", "z"]);
+        let za = state.pod("z/a").unwrap();
+        assert_eq!((za.node.as_str(), za.name.as_str()), ("node-3", "a"));
+        // Files and namespaces keep the place's name, so nothing collides.
+        assert_eq!(za.netns, "t-pod-3-1");
+        assert_eq!(za.log, PathBuf::from("/run/x/t/pods/pod-3-1.log"));
+        assert!(state.pod("a").is_none(), "a bare name is ambiguous");
+        assert_eq!(
+            state.pod_labels(za),
+            BTreeMap::from([("pod".to_owned(), "a".to_owned())])
+        );
+        assert_eq!(
+            state.namespace_labels_of("y"),
+            BTreeMap::from([
+                ("kubernetes.io/metadata.name".to_owned(), "y".to_owned()),
+                ("ns".to_owned(), "y".to_owned()),
+            ])
+        );
+
+        let numbered = LabState::plan(&cfg);
+        let p = numbered.pod("pod-3-1").unwrap();
+        assert_eq!(
+            (p.namespace.as_str(), p.lab_name()),
+            ("default", p.name.clone())
+        );
+        assert_eq!(numbered.namespaces(), ["default"]);
+        assert_eq!(
+            numbered.pod_labels(p),
+            BTreeMap::from([
+                ("app".to_owned(), "pod-3-1".to_owned()),
+                ("lab-node".to_owned(), "node-3".to_owned()),
+            ])
+        );
+    }
+
+    #[test]
+    fn model_layout_fits_three_by_three() {
+        let cfg = |nodes, pods_per_node| LabConfig {
+            nodes,
+            pods_per_node,
+            ..config(Path::new("/r"))
+        };
+        assert!(PodLayout::Model.validate(&cfg(3, 3)).is_ok());
+        assert!(PodLayout::Model.validate(&cfg(2, 1)).is_ok());
+        assert!(PodLayout::Model.validate(&cfg(4, 3)).is_err());
+        assert!(PodLayout::Model.validate(&cfg(3, 4)).is_err());
+        assert!(PodLayout::Numbered.validate(&cfg(4, 4)).is_ok());
     }
 
     #[test]

@@ -160,6 +160,18 @@ pub fn create_node(underlay: &Underlay, node: &Node) -> Result<(), LabError> {
     )
 }
 
+/// Routes in the underlay to every node's pod CIDR through that node, so hosts
+/// outside the cluster (the external host) reach pods directly, as on a
+/// network that routes the pod CIDRs.
+pub fn route_pod_cidrs(underlay: &Underlay, nodes: &[Node]) -> Result<(), LabError> {
+    for node in nodes {
+        let cidr = node.pod_cidr.to_string();
+        let via = node.underlay_ip.to_string();
+        ip_in(&underlay.netns, &["route", "replace", &cidr, "via", &via])?;
+    }
+    Ok(())
+}
+
 /// A pod's empty namespace, as a runtime creates it before calling CNI.
 pub fn create_pod(pod: &Pod) -> Result<(), LabError> {
     add_netns(&pod.netns)?;

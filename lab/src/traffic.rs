@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::LabError;
 use crate::lab::Lab;
 use crate::reach::ProbeReport;
+use crate::state::Pod;
 use crate::topology::describe;
 
 /// The probes cycled through, so every protocol and port sees traffic.
@@ -51,7 +52,7 @@ impl fmt::Display for TrafficSummary {
 
 /// Every ordered pair of distinct pods, source-major.
 pub fn pod_pairs(lab: &Lab) -> Vec<(String, String)> {
-    let names: Vec<&str> = lab.pods().iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<String> = lab.pods().iter().map(Pod::lab_name).collect();
     names
         .iter()
         .flat_map(|from| {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use lumen_lab::{LabConfig, LabGuard, ProbeReport};
+use lumen_lab::{LabConfig, LabGuard, PodLayout, ProbeReport};
 
 /// `target/debug` (or release): the directory of the test executable's parent.
 pub fn bin_dir() -> PathBuf {
@@ -60,6 +60,25 @@ pub fn lab_with(name: &str, nodes: u32, pods: u32, agent_args: &[&str]) -> LabGu
 
 /// A lab built from `config`, with this build's binaries.
 pub fn lab_with_config(config: LabConfig) -> LabGuard {
+    lab_with_layout(config, PodLayout::Numbered)
+}
+
+/// A lab of the upstream NetworkPolicy model (3 nodes of 3 pods: namespaces
+/// x, y, z, pods a, b, c; see [`PodLayout::Model`]) with extra agent flags.
+pub fn model_lab(name: &str, agent_args: &[&str]) -> LabGuard {
+    let config = LabConfig {
+        name: name.to_owned(),
+        nodes: 3,
+        pods_per_node: 3,
+        agent_args: agent_args.iter().map(|a| (*a).to_owned()).collect(),
+        ..LabConfig::default()
+    };
+    lab_with_layout(config, PodLayout::Model)
+}
+
+/// A lab built from `config` with the pods of `layout`, with this build's
+/// binaries.
+pub fn lab_with_layout(config: LabConfig, layout: PodLayout) -> LabGuard {
     require_binaries();
     let name = config.name.clone();
     // A previous run killed mid-way may have left a lab of this name.
@@ -68,7 +87,7 @@ pub fn lab_with_config(config: LabConfig) -> LabGuard {
         bin_dir: bin_dir(),
         ..config
     };
-    LabGuard::up(&config, &mut |_| {}).unwrap_or_else(|e| panic!("lab {name} up: {e}"))
+    LabGuard::up_with(&config, layout, &mut |_| {}).unwrap_or_else(|e| panic!("lab {name} up: {e}"))
 }
 
 /// Run the `lumen` CLI.

@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod harness;
 pub mod peers;
+pub mod policy_cases;
 pub mod promql;
