@@ -280,7 +280,7 @@ mod tests {
 
     use super::*;
     use crate::Identity;
-    use crate::flow::{Counters, FlowType, TcpFlags};
+    use crate::flow::{FlowType, TcpFlags};
 
     fn ep(ns: &str, pod: &str, port: u16, app: &str) -> FlowEndpoint {
         FlowEndpoint {
@@ -296,29 +296,18 @@ mod tests {
 
     fn flow() -> Flow {
         Flow {
-            node: "node-1".into(),
             start_ns: 1_000,
             end_ns: 2_000,
-            protocol: Protocol::TCP,
-            source: ep("default", "client", 40000, "client"),
-            destination: ep("shop", "web", 80, "web"),
-            forward: Counters::default(),
-            reverse: Counters::default(),
-            forward_delta: Counters::default(),
-            reverse_delta: Counters::default(),
             tcp_flags: TcpFlags(TcpFlags::SYN),
-            reverse_tcp_flags: TcpFlags::default(),
-            icmp_type_code: None,
-            verdict: Verdict::Forwarded,
-            drop_reason: None,
-            ingress_policy: None,
-            egress_policy: None,
             flow_type: FlowType::IntraNode,
-            tag: None,
-            traced: false,
-            end_reason: None,
             correlation_id: "0".into(),
             community_id: "1:x".into(),
+            ..Flow::between(
+                "node-1",
+                Protocol::TCP,
+                ep("default", "client", 40000, "client"),
+                ep("shop", "web", 80, "web"),
+            )
         }
     }
 

@@ -328,6 +328,42 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// A forwarded flow between two endpoints with nothing counted yet: the
+    /// base tests build their records on (`Flow { field, ..Flow::between(…) }`).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn between(
+        node: &str,
+        protocol: Protocol,
+        source: FlowEndpoint,
+        destination: FlowEndpoint,
+    ) -> Self {
+        Self {
+            node: node.to_owned(),
+            start_ns: 0,
+            end_ns: 0,
+            protocol,
+            source,
+            destination,
+            forward: Counters::default(),
+            reverse: Counters::default(),
+            forward_delta: Counters::default(),
+            reverse_delta: Counters::default(),
+            tcp_flags: TcpFlags::default(),
+            reverse_tcp_flags: TcpFlags::default(),
+            icmp_type_code: None,
+            verdict: Verdict::Forwarded,
+            drop_reason: None,
+            ingress_policy: None,
+            egress_policy: None,
+            flow_type: FlowType::InterNode,
+            tag: None,
+            traced: false,
+            end_reason: None,
+            correlation_id: String::new(),
+            community_id: String::new(),
+        }
+    }
+
     /// Whether either side is the pod `namespace/pod`.
     pub fn involves_pod(&self, namespace: &str, pod: &str) -> bool {
         [&self.source, &self.destination]

@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use lumen_api::flow::{Counters, FlowType, Protocol, TcpFlags, Verdict};
+use lumen_api::flow::{Counters, Protocol, TcpFlags};
 use lumen_api::{Flow, FlowEndpoint, FlowEvent, Identity, LostEvents, LostSource};
 
 /// 2024-11-23T19:30:01.123Z
@@ -51,12 +51,8 @@ fn pod(name: &str, ip: [u8; 4], port: u16, id: u32) -> FlowEndpoint {
 
 fn flow(node: &str, secs: u64) -> FlowEvent {
     FlowEvent::Flow(Box::new(Flow {
-        node: node.into(),
         start_ns: T0,
         end_ns: T0 + secs * SECOND,
-        protocol: Protocol::TCP,
-        source: pod("pod-1-1", [10, 244, 1, 2], 43210, 514),
-        destination: pod("pod-2-1", [10, 244, 2, 2], 80, 770),
         forward: Counters {
             packets: 5,
             bytes: 400,
@@ -65,21 +61,16 @@ fn flow(node: &str, secs: u64) -> FlowEvent {
             packets: 4,
             bytes: 1_500,
         },
-        forward_delta: Counters::default(),
-        reverse_delta: Counters::default(),
         tcp_flags: TcpFlags(TcpFlags::SYN | TcpFlags::ACK | TcpFlags::FIN),
         reverse_tcp_flags: TcpFlags(TcpFlags::SYN | TcpFlags::ACK | TcpFlags::FIN),
-        icmp_type_code: None,
-        verdict: Verdict::Forwarded,
-        drop_reason: None,
-        ingress_policy: None,
-        egress_policy: None,
-        flow_type: FlowType::InterNode,
-        tag: None,
-        traced: false,
-        end_reason: None,
         correlation_id: "c".into(),
         community_id: "1:x".into(),
+        ..Flow::between(
+            node,
+            Protocol::TCP,
+            pod("pod-1-1", [10, 244, 1, 2], 43210, 514),
+            pod("pod-2-1", [10, 244, 2, 2], 80, 770),
+        )
     }))
 }
 

@@ -23,7 +23,7 @@ impl ExportFilter {
 mod tests {
     use std::net::Ipv4Addr;
 
-    use lumen_api::flow::{Counters, FlowEndpoint, FlowType, Protocol, TcpFlags, Verdict};
+    use lumen_api::flow::{FlowEndpoint, FlowType, Protocol};
     use lumen_api::{FlowQuery, Identity};
 
     use super::*;
@@ -33,29 +33,13 @@ mod tests {
         src.namespace = Some(ns.into());
         src.pod = Some("client".into());
         Flow {
-            node: "node-1".into(),
-            start_ns: 0,
-            end_ns: 0,
-            protocol,
-            source: src,
-            destination: FlowEndpoint::bare(Ipv4Addr::new(10, 244, 2, 2), 80, Identity(514)),
-            forward: Counters::default(),
-            reverse: Counters::default(),
-            forward_delta: Counters::default(),
-            reverse_delta: Counters::default(),
-            tcp_flags: TcpFlags::default(),
-            reverse_tcp_flags: TcpFlags::default(),
-            icmp_type_code: None,
-            verdict: Verdict::Forwarded,
-            drop_reason: None,
-            ingress_policy: None,
-            egress_policy: None,
             flow_type: FlowType::InterNode,
-            tag: None,
-            traced: false,
-            end_reason: None,
-            correlation_id: String::new(),
-            community_id: String::new(),
+            ..Flow::between(
+                "node-1",
+                protocol,
+                src,
+                FlowEndpoint::bare(Ipv4Addr::new(10, 244, 2, 2), 80, Identity(514)),
+            )
         }
     }
 

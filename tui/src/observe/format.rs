@@ -463,12 +463,8 @@ pub(crate) mod tests {
     /// A pod-to-pod TCP flow on node-1 ending at `end_ns`.
     pub(crate) fn tcp_flow(node: &str, end_ns: u64) -> Flow {
         Flow {
-            node: node.into(),
             start_ns: end_ns - 2_000_000_000,
             end_ns,
-            protocol: Protocol::TCP,
-            source: pod("default", "pod-1-1", [10, 244, 1, 2], 43210, 300),
-            destination: pod("default", "pod-2-1", [10, 244, 2, 2], 8080, 301),
             forward: Counters {
                 packets: 12,
                 bytes: 3_400,
@@ -477,21 +473,16 @@ pub(crate) mod tests {
                 packets: 10,
                 bytes: 1_100,
             },
-            forward_delta: Counters::default(),
-            reverse_delta: Counters::default(),
             tcp_flags: TcpFlags(TcpFlags::SYN | TcpFlags::ACK),
             reverse_tcp_flags: TcpFlags(TcpFlags::SYN | TcpFlags::ACK),
-            icmp_type_code: None,
-            verdict: Verdict::Forwarded,
-            drop_reason: None,
-            ingress_policy: None,
-            egress_policy: None,
-            flow_type: FlowType::InterNode,
-            tag: None,
-            traced: false,
-            end_reason: None,
             correlation_id: "c1".into(),
             community_id: "1:abc".into(),
+            ..Flow::between(
+                node,
+                Protocol::TCP,
+                pod("default", "pod-1-1", [10, 244, 1, 2], 43210, 300),
+                pod("default", "pod-2-1", [10, 244, 2, 2], 8080, 301),
+            )
         }
     }
 
