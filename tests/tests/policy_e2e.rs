@@ -183,6 +183,17 @@ spec:
     - {protocol: SCTP, port: 80}
 ";
 
+const ALLOW_TRUSTED: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-trusted, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: pod-2-1}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {role: trusted}}
+";
+
 #[test]
 fn policy_enforced_attributed_and_changed_at_run_time() {
     if !harness::require_root("policy_enforced_attributed_and_changed_at_run_time") {
@@ -411,6 +422,25 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
         harness::metric(&metrics, "lumen_datapath_drops_total{reason=\"policy\"}") > 0.0,
         "policy drops are counted"
     );
+
+    // Relabelling a pod changes what a policy selects: pod-1-2 gains the label
+    // a new rule admits, reaches pod-2-1, and loses it again.
+    write_policy(&manifests, "trusted", ALLOW_TRUSTED);
+    let mut relabel = Lab::open(LAB, lab.state_root()).expect("the lab's state");
+    let trusted = std::collections::BTreeMap::from([("role".to_owned(), "trusted".to_owned())]);
+    relabel
+        .set_pod_labels("pod-1-2", trusted)
+        .expect("label pod-1-2");
+    eventually("the relabelled pod-1-2 reaches pod-2-1", || {
+        reaches(lab, "pod-1-2", "pod-2-1", Proto::Tcp, 80)
+    });
+    relabel
+        .set_pod_labels("pod-1-2", std::collections::BTreeMap::new())
+        .expect("unlabel pod-1-2");
+    eventually("pod-1-2 is cut off again without the label", || {
+        !reaches(lab, "pod-1-2", "pod-2-1", Proto::Tcp, 80)
+    });
+    std::fs::remove_file(manifests.join("policy-trusted.yaml")).expect("remove");
 
     // A bad update of the allow policy is refused; the old version stays.
     write_policy(
