@@ -31,6 +31,19 @@ static __always_inline void observe_addrs(struct flow_obs *obs, struct pkt *p,
 	obs->traced = !!(skb->mark & MARK_TRACE);
 }
 
+/* Set the tunnel key toward `rn` with the sender's tag; the flow learns the tag,
+ * or that the packet is to be dropped. */
+static __always_inline void tunnel(struct __sk_buff *skb, struct remote_node *rn,
+				   struct flow_obs *obs)
+{
+	__u32 tag = make_tag(obs->src_identity, skb);
+
+	if (set_tunnel(skb, rn, tag))
+		obs->drop = DROP_TUNNEL_KEY;
+	else
+		obs->tag = tag;
+}
+
 /* Count a drop by its reason and drop. */
 static __always_inline int dropped(__u8 reason)
 {
@@ -46,7 +59,6 @@ int from_pod(struct __sk_buff *skb)
 	struct dp_config *cfg;
 	struct endpoint *dst;
 	struct remote_node *rn;
-	__u32 tag;
 
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_OK;
@@ -66,11 +78,7 @@ int from_pod(struct __sk_buff *skb)
 	}
 	rn = remote_of(p.daddr);
 	if (rn) {
-		tag = make_tag(obs.src_identity, skb);
-		if (set_tunnel(skb, rn, tag))
-			obs.drop = DROP_TUNNEL_KEY;
-		else
-			obs.tag = tag;
+		tunnel(skb, rn, &obs);
 		if (flow_track(skb, &p, cfg, &obs))
 			return dropped(obs.drop);
 		count(CNT_TUNNELLED);
@@ -146,7 +154,6 @@ int to_overlay(struct __sk_buff *skb)
 	struct dp_config *cfg;
 	struct remote_node *rn;
 	struct pkt p;
-	__u32 tag;
 
 	/* Packets from_pod redirected here already carry their key and were accounted. */
 	if (skb->mark & MARK_TUNNELLED) {
@@ -162,11 +169,7 @@ int to_overlay(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	observe_addrs(&obs, &p, cfg, skb, DIR_EGRESS);
-	tag = make_tag(obs.src_identity, skb);
-	if (set_tunnel(skb, rn, tag))
-		obs.drop = DROP_TUNNEL_KEY;
-	else
-		obs.tag = tag;
+	tunnel(skb, rn, &obs);
 	if (flow_track(skb, &p, cfg, &obs))
 		return dropped(obs.drop);
 	count(CNT_HOST_TUNNELLED);

@@ -249,8 +249,9 @@ fn process_cell(pid: Option<u32>, alive: bool) -> String {
     }
 }
 
-/// Left-aligned columns two spaces apart; the last column is not padded.
-fn write_table(f: &mut fmt::Formatter<'_>, rows: &[Vec<String>]) -> fmt::Result {
+/// Rows as left-aligned columns two spaces apart; the last column is not padded.
+/// The CLI's other tables (`lumen policy`) use it too.
+pub fn table(rows: &[Vec<String>]) -> Vec<String> {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -261,16 +262,24 @@ fn write_table(f: &mut fmt::Formatter<'_>, rows: &[Vec<String>]) -> fmt::Result 
                 .unwrap_or(0)
         })
         .collect();
-    for r in rows {
-        let mut line = String::new();
-        for (c, cell) in r.iter().enumerate() {
-            if c + 1 == r.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+    rows.iter()
+        .map(|r| {
+            let mut line = String::new();
+            for (c, cell) in r.iter().enumerate() {
+                if c + 1 == r.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+                }
             }
-        }
-        writeln!(f, "{}", line.trim_end())?;
+            line.trim_end().to_owned()
+        })
+        .collect()
+}
+
+fn write_table(f: &mut fmt::Formatter<'_>, rows: &[Vec<String>]) -> fmt::Result {
+    for line in table(rows) {
+        writeln!(f, "{line}")?;
     }
     Ok(())
 }

@@ -113,29 +113,13 @@ pub fn full_flow() -> Flow {
 /// A flow with as little as a flow can have: bare endpoints, no options set.
 pub fn sparse_flow() -> Flow {
     Flow {
-        node: String::new(),
-        start_ns: 0,
-        end_ns: 0,
-        protocol: Protocol::UDP,
-        source: FlowEndpoint::bare(Ipv4Addr::new(192, 0, 2, 1), 53, Identity::WORLD),
-        destination: FlowEndpoint::bare(Ipv4Addr::new(203, 0, 113, 9), 0, Identity::UNKNOWN),
-        forward: Counters::default(),
-        reverse: Counters::default(),
-        forward_delta: Counters::default(),
-        reverse_delta: Counters::default(),
-        tcp_flags: TcpFlags::default(),
-        reverse_tcp_flags: TcpFlags::default(),
-        icmp_type_code: None,
-        verdict: Verdict::Forwarded,
-        drop_reason: None,
-        ingress_policy: None,
-        egress_policy: None,
         flow_type: FlowType::ToExternal,
-        tag: None,
-        traced: false,
-        end_reason: None,
-        correlation_id: String::new(),
-        community_id: String::new(),
+        ..Flow::between(
+            "",
+            Protocol::UDP,
+            FlowEndpoint::bare(Ipv4Addr::new(192, 0, 2, 1), 53, Identity::WORLD),
+            FlowEndpoint::bare(Ipv4Addr::new(203, 0, 113, 9), 0, Identity::UNKNOWN),
+        )
     }
 }
 

@@ -8,33 +8,7 @@ use lumen_api::policy::{
     AllowingRule, DatapathVerdict, DirectionExplanation, DirectionPolicies, EngineVerdict,
     ExplainedEnd, Explanation, PodPolicies, PolicyList,
 };
-
-/// Rows padded into columns two spaces apart; the last column is not padded.
-fn table(rows: &[Vec<String>]) -> Vec<String> {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    rows.iter()
-        .map(|row| {
-            let mut line = String::new();
-            for (c, cell) in row.iter().enumerate() {
-                if c + 1 == row.len() {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
-                }
-            }
-            line.trim_end().to_owned()
-        })
-        .collect()
-}
+use lumen_lab::status::table;
 
 fn plural(n: usize, one: &str) -> String {
     if n == 1 {
