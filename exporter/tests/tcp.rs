@@ -99,9 +99,10 @@ async fn records_wait_for_the_collector_and_survive_a_reconnect() {
         (5, 0, 0)
     );
 
-    // It goes away mid-stream.
-    drop(session);
+    // It goes away mid-stream. The listener first: a quick reconnect must not
+    // land in its backlog (that would count as one more session).
     drop(listener);
+    drop(session);
     eventually("the exporter notices", || {
         !collector_stats(&exporter, 0).connected
     })
