@@ -11,6 +11,7 @@ pub mod flow;
 pub mod paths;
 pub mod policy;
 pub mod tag;
+pub mod trace;
 
 pub use cidr::Ipv4Cidr;
 pub use endpoint::{Endpoint, Identity};

@@ -32,3 +32,28 @@ pub const POLICIES_FOR: &str = "/v1/policies/for";
 pub const POLICIES_EXPLAIN: &str = "/v1/policies/explain";
 /// `GET` the agent's metrics in the Prometheus text format.
 pub const METRICS: &str = "/metrics";
+/// `POST` a [`crate::trace::TraceRequest`] to the source pod's node: the trace
+/// starts ([`crate::trace::SourceTrace`]).
+pub const TRACES: &str = "/v1/traces";
+/// `POST` a [`crate::trace::HopsQuery`] to any node: its hops of one packet
+/// ([`crate::trace::NodeHops`]), long-polled.
+pub const TRACE_HOPS: &str = "/v1/traces/hops";
+
+/// `GET` one trace from its source node ([`crate::trace::SourceTrace`]).
+pub fn trace(id: &str) -> String {
+    format!("{TRACES}/{id}")
+}
+
+/// [`trace`], waiting as `wait` says.
+pub fn trace_wait(id: &str, wait: &crate::trace::TraceWait) -> String {
+    format!(
+        "{TRACES}/{id}?packets={}&waitMs={}",
+        wait.packets, wait.wait_ms
+    )
+}
+
+/// `POST` the orchestrator's [`crate::trace::TraceResult`] to the source node:
+/// the trace ends there.
+pub fn trace_finish(id: &str) -> String {
+    format!("{TRACES}/{id}/finish")
+}

@@ -1,0 +1,390 @@
+//! The cluster-wide side of a trace, blocking and std-only so the CLI, the web
+//! UI and the agent's `Traceflow` controller share it: start the trace on the
+//! source pod's node, learn the packet(s) it marked, long-poll every node for
+//! its hops of that packet until one reports the path's end, and assemble the
+//! hops in path order (nodes chained by their tunnel endpoints, not by clocks).
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::client::{Client, ClientError};
+use crate::paths;
+use crate::trace::{
+    Hop, HopAction, HopsQuery, NodeHops, SourceTrace, TracePhase, TracePoint, TraceRequest,
+    TraceRequestError, TraceResult, TraceVerdict, TraceWait, TracedPacket,
+};
+
+/// Longest single wait asked of an agent; a poll that returns empty is repeated.
+const POLL: Duration = Duration::from_millis(1_000);
+/// Extra time a request may take beyond the wait it asks for.
+const SLACK: Duration = Duration::from_millis(2_000);
+
+/// One node's agent, by its API socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAgent {
+    pub node: String,
+    pub socket: PathBuf,
+}
+
+/// Why a trace could not be run at all (a trace that ran but found no complete
+/// path is a [`TraceResult`] in phase `Failed`).
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestrateError {
+    #[error(transparent)]
+    Request(#[from] TraceRequestError),
+    #[error("no agent is known for node {0}")]
+    UnknownNode(String),
+    #[error("the agent of node {node} refused the trace: {reason}")]
+    Refused { node: String, reason: String },
+    #[error("the agent of node {node} cannot be asked")]
+    Agent {
+        node: String,
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// Run `request` from the pod on `source_node` and wait for its result.
+pub fn run(
+    agents: &[NodeAgent],
+    source_node: &str,
+    request: &TraceRequest,
+) -> Result<TraceResult, OrchestrateError> {
+    request.validate()?;
+    let source = agents
+        .iter()
+        .find(|a| a.node == source_node)
+        .ok_or_else(|| OrchestrateError::UnknownNode(source_node.to_owned()))?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(request.timeout_ms);
+    let client = Client::new(&source.socket, SLACK);
+    let trace: SourceTrace = client
+        .post(paths::TRACES, request)
+        .map_err(|e| refused(&source.node, e))?;
+    let mut result = trace.result;
+    let outcome = follow_packets(agents, source, &result.id, trace.packets, request, deadline);
+    match outcome {
+        Ok((packet, hops)) => finish_path(&mut result, packet, hops),
+        Err(reason) => {
+            result.phase = TracePhase::Failed;
+            result.reason = Some(reason);
+        }
+    }
+    // The source ends the trace (disarms it, counts it); a failure here loses
+    // nothing the caller needs, so it is reported inside the result.
+    let finish = Client::new(&source.socket, SLACK);
+    let path = paths::trace_finish(&result.id);
+    if let Err(e) = finish.post::<_, serde_json::Value>(&path, &result) {
+        result
+            .reason
+            .get_or_insert_with(|| format!("the source agent did not take the result: {e}"));
+    }
+    Ok(result)
+}
+
+/// Follow each packet the source marks until one has a complete path (the
+/// first one, or with `dropped_only` the first that was dropped). Returns the
+/// packet and its hops, or why there is none.
+fn follow_packets(
+    agents: &[NodeAgent],
+    source: &NodeAgent,
+    id: &str,
+    mut packets: Vec<TracedPacket>,
+    request: &TraceRequest,
+    deadline: Instant,
+) -> Result<(TracedPacket, Vec<Hop>), String> {
+    let mut next = 0;
+    let mut incomplete = None;
+    loop {
+        while next < packets.len() {
+            let packet = packets[next];
+            next += 1;
+            match follow(agents, packet, deadline) {
+                Some(hops) => {
+                    let dropped = hops.last().is_some_and(|h| h.action == HopAction::Dropped);
+                    if !request.dropped_only || dropped {
+                        return Ok((packet, hops));
+                    }
+                }
+                None => incomplete = Some(packet),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(match incomplete {
+                Some(p) => format!(
+                    "the path of {p} did not end within {} ms",
+                    request.timeout_ms
+                ),
+                None if packets.is_empty() => {
+                    format!("no packet matched within {} ms", request.timeout_ms)
+                }
+                None => format!(
+                    "no dropped packet within {} ms ({} allowed ones ignored)",
+                    request.timeout_ms,
+                    packets.len()
+                ),
+            });
+        }
+        let wait = TraceWait {
+            packets: packets.len(),
+            wait_ms: duration_ms(left.min(POLL)),
+        };
+        let client = Client::new(&source.socket, left.min(POLL) + SLACK);
+        match client.get::<SourceTrace>(&paths::trace_wait(id, &wait)) {
+            Ok(t) => {
+                if t.result.phase == TracePhase::Failed {
+                    return Err(t
+                        .result
+                        .reason
+                        .unwrap_or_else(|| "the source failed".into()));
+                }
+                packets = t.packets;
+            }
+            Err(e) => return Err(format!("the source agent stopped answering: {e}")),
+        }
+    }
+}
+
+/// Every node's hops of `packet`, once one node has the path's end; `None` if
+/// the deadline comes first.
+fn follow(agents: &[NodeAgent], packet: TracedPacket, deadline: Instant) -> Option<Vec<Hop>> {
+    let (tx, rx) = mpsc::channel::<NodeHops>();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for agent in agents {
+        let (tx, stop, agent) = (tx.clone(), stop.clone(), agent.clone());
+        std::thread::spawn(move || poll_node(&agent, packet, deadline, &stop, &tx));
+    }
+    drop(tx);
+    let mut seen: Vec<NodeHops> = Vec::new();
+    let mut ended = false;
+    while let Ok(update) = rx.recv() {
+        ended |= update.hops.iter().any(|h| h.is_final());
+        match seen.iter_mut().find(|s| s.node == update.node) {
+            Some(s) => *s = update,
+            None => seen.push(update),
+        }
+        if ended {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if !ended {
+        return None;
+    }
+    // A node may not have read its last hops yet: ask every node once more.
+    for agent in agents {
+        let client = Client::new(&agent.socket, SLACK);
+        let query = HopsQuery {
+            packet,
+            after: 0,
+            wait_ms: 0,
+        };
+        if let Ok(now) = client.post::<_, NodeHops>(paths::TRACE_HOPS, &query) {
+            match seen.iter_mut().find(|s| s.node == now.node) {
+                Some(s) if now.hops.len() >= s.hops.len() => *s = now,
+                Some(_) => {}
+                None => seen.push(now),
+            }
+        }
+    }
+    Some(assemble(seen))
+}
+
+/// Long-poll one node, sending every change, until the deadline or `stop`.
+fn poll_node(
+    agent: &NodeAgent,
+    packet: TracedPacket,
+    deadline: Instant,
+    stop: &std::sync::atomic::AtomicBool,
+    tx: &mpsc::Sender<NodeHops>,
+) {
+    let mut after = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let wait = left.min(POLL);
+        let client = Client::new(&agent.socket, wait + SLACK);
+        let query = HopsQuery {
+            packet,
+            after,
+            wait_ms: duration_ms(wait),
+        };
+        let Ok(hops) = client.post::<_, NodeHops>(paths::TRACE_HOPS, &query) else {
+            // An unreachable node adds nothing; the others may still end the path.
+            std::thread::sleep(Duration::from_millis(20).min(left));
+            continue;
+        };
+        let ended = hops.hops.iter().any(|h| h.is_final());
+        if hops.hops.len() > after {
+            after = hops.hops.len();
+            if tx.send(hops).is_err() {
+                return;
+            }
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
+/// The hops of every node in path order: the node with the `FROM_POD` hop
+/// first, then each node that received what the previous one tunnelled to it.
+/// Latency is the time since the previous hop.
+pub fn assemble(mut nodes: Vec<NodeHops>) -> Vec<Hop> {
+    nodes.retain(|n| !n.hops.is_empty());
+    let mut ordered: Vec<NodeHops> = Vec::with_capacity(nodes.len());
+    let first = nodes
+        .iter()
+        .position(|n| n.hops.iter().any(|h| h.point == TracePoint::FromPod))
+        .unwrap_or(0);
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    ordered.push(nodes.remove(first));
+    while !nodes.is_empty() {
+        let sent_to = ordered
+            .last()
+            .and_then(|n| {
+                n.hops
+                    .iter()
+                    .rev()
+                    .find_map(|h| h.tunnel.filter(|_| h.action == HopAction::Tunnelled))
+            })
+            .map(|t| t.remote);
+        let next = sent_to.and_then(|remote| {
+            nodes.iter().position(|n| {
+                n.hops.iter().any(|h| {
+                    h.point == TracePoint::FromOverlay
+                        && h.tunnel.is_some_and(|t| t.local == remote)
+                })
+            })
+        });
+        // Nodes off the chain (clock order is the best left) follow it.
+        let next = next.unwrap_or_else(|| {
+            (0..nodes.len())
+                .min_by_key(|&i| nodes[i].hops.first().map_or(u64::MAX, |h| h.timestamp_ns))
+                .unwrap_or(0)
+        });
+        ordered.push(nodes.remove(next));
+    }
+    let mut hops: Vec<Hop> = ordered.into_iter().flat_map(|n| n.hops).collect();
+    let mut previous = None;
+    for hop in &mut hops {
+        hop.latency_ns = previous.map_or(0, |p: u64| hop.timestamp_ns.saturating_sub(p));
+        previous = Some(hop.timestamp_ns);
+    }
+    hops
+}
+
+/// Fill the result from a complete path.
+fn finish_path(result: &mut TraceResult, packet: TracedPacket, hops: Vec<Hop>) {
+    result.packet = Some(packet);
+    result.verdict = hops.last().map(|h| match h.action {
+        HopAction::Dropped | HopAction::Rejected => TraceVerdict::Dropped,
+        HopAction::Masqueraded => TraceVerdict::LeftCluster,
+        _ if h.point == TracePoint::Masquerade => TraceVerdict::LeftCluster,
+        _ => TraceVerdict::Delivered,
+    });
+    result.end_to_end_ns = match (hops.first(), hops.last()) {
+        (Some(a), Some(b)) => b.timestamp_ns.saturating_sub(a.timestamp_ns),
+        _ => 0,
+    };
+    result.hops = hops;
+    result.phase = TracePhase::Succeeded;
+}
+
+fn refused(node: &str, e: ClientError) -> OrchestrateError {
+    match e {
+        ClientError::Status { body, .. } => OrchestrateError::Refused {
+            node: node.to_owned(),
+            reason: body,
+        },
+        source => OrchestrateError::Agent {
+            node: node.to_owned(),
+            source,
+        },
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::trace::TunnelInfo;
+
+    fn hop(node: &str, point: TracePoint, action: HopAction, ts: u64) -> Hop {
+        Hop {
+            node: node.into(),
+            point,
+            action,
+            reason: None,
+            policy: None,
+            tunnel: None,
+            translated_source: None,
+            ifindex: 1,
+            interface: String::new(),
+            timestamp_ns: ts,
+            latency_ns: 0,
+        }
+    }
+
+    fn tunnel(local: [u8; 4], remote: [u8; 4]) -> Option<TunnelInfo> {
+        Some(TunnelInfo {
+            local: Ipv4Addr::from(local),
+            remote: Ipv4Addr::from(remote),
+            vni: 0x80_0101,
+        })
+    }
+
+    #[test]
+    fn nodes_are_chained_by_tunnel_endpoints_not_clocks() {
+        let mut out = hop("n1", TracePoint::ToOverlay, HopAction::Tunnelled, 1_000);
+        out.tunnel = tunnel([192, 0, 2, 11], [192, 0, 2, 12]);
+        let mut into = hop("n2", TracePoint::FromOverlay, HopAction::Received, 500);
+        into.tunnel = tunnel([192, 0, 2, 12], [192, 0, 2, 11]);
+        // n2's clock is behind n1's, and n2 answered first.
+        let nodes = vec![
+            NodeHops {
+                node: "n2".into(),
+                hops: vec![
+                    into,
+                    hop("n2", TracePoint::ToPod, HopAction::Delivered, 600),
+                ],
+            },
+            NodeHops {
+                node: "n3".into(),
+                hops: vec![],
+            },
+            NodeHops {
+                node: "n1".into(),
+                hops: vec![
+                    hop("n1", TracePoint::FromPod, HopAction::Received, 900),
+                    out,
+                ],
+            },
+        ];
+        let hops = assemble(nodes);
+        let order: Vec<(&str, TracePoint)> =
+            hops.iter().map(|h| (h.node.as_str(), h.point)).collect();
+        assert_eq!(
+            order,
+            [
+                ("n1", TracePoint::FromPod),
+                ("n1", TracePoint::ToOverlay),
+                ("n2", TracePoint::FromOverlay),
+                ("n2", TracePoint::ToPod)
+            ]
+        );
+        let latency: Vec<u64> = hops.iter().map(|h| h.latency_ns).collect();
+        assert_eq!(latency, [0, 100, 0, 100]);
+    }
+}
