@@ -6,7 +6,8 @@
  *   to_pod       host veth egress   (what the host stack sends into the pod)
  *   from_overlay VXLAN ingress      (decapsulated packets from other nodes)
  *   to_overlay   VXLAN egress       (host-stack packets routed to remote pod CIDRs)
- * Packets redirected between these hooks skip the host stack and the egress hook
+ *   to_underlay  uplink egress      (traced packets leaving the node: masquerade hop)
+ * Traced packets also report each hop (trace.h). Packets redirected between these hooks skip the host stack and the egress hook
  * of their target, so every packet is accounted exactly once per node.
  */
 #include <linux/bpf.h>
@@ -19,6 +20,7 @@
 #include "counters.h"
 #include "forward.h"
 #include "flow.h"
+#include "trace.h"
 
 /* Identities of a packet's endpoints as this node derives them from addresses. */
 static __always_inline void observe_addrs(struct flow_obs *obs, struct pkt *p,
@@ -51,14 +53,22 @@ static __always_inline int dropped(__u8 reason)
 	return TC_ACT_SHOT;
 }
 
+/* A traced packet's last hop on this node: an injected one goes no further. */
+static __always_inline int trace_end(struct trace_ctx *t, int verdict)
+{
+	return (t->flags & TRACE_F_INJECTED) ? TC_ACT_SHOT : verdict;
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
 	struct flow_obs obs = {};
+	struct trace_ctx t = {};
 	struct pkt p;
 	struct dp_config *cfg;
 	struct endpoint *dst;
 	struct remote_node *rn;
+	__u8 drop;
 
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_OK;
@@ -68,26 +78,49 @@ int from_pod(struct __sk_buff *skb)
 		count(CNT_DROP_NO_CONFIG);
 		return TC_ACT_OK;
 	}
+	trace_from_pod(skb, &p, cfg, &t);
+	if (t.traced)
+		trace_hop(&t, TP_FROM_POD, TA_RECEIVED, 0, 0, skb->ifindex, 0, 0);
 	observe_addrs(&obs, &p, cfg, skb, DIR_EGRESS);
 	dst = endpoint_of(p.daddr);
 	if (dst) {
-		if (flow_track(skb, &p, cfg, &obs))
-			return dropped(obs.drop);
+		drop = flow_track(skb, &p, cfg, &obs);
+		if (t.traced && trace_policy(&t, cfg, drop, 1, 1, skb->ifindex))
+			return dropped(drop);
+		if (drop)
+			return dropped(drop);
 		count(CNT_LOCAL_REDIRECT);
+		if (t.traced) {
+			trace_hop(&t, TP_TO_POD, TA_DELIVERED, 0, 0, dst->ifindex, 0, 0);
+			if (t.flags & TRACE_F_INJECTED)
+				return TC_ACT_SHOT;
+		}
 		return deliver_local(skb, &p, dst);
 	}
 	rn = remote_of(p.daddr);
 	if (rn) {
 		tunnel(skb, rn, &obs);
-		if (flow_track(skb, &p, cfg, &obs))
-			return dropped(obs.drop);
+		drop = flow_track(skb, &p, cfg, &obs);
+		if (t.traced && trace_policy(&t, cfg, drop, 1, 0, skb->ifindex))
+			return dropped(drop);
+		if (drop) {
+			if (t.traced)
+				trace_hop(&t, TP_TO_OVERLAY, TA_DROPPED, drop, 0, cfg->vxlan_ifindex,
+					  rn->node_ip, 0);
+			return dropped(drop);
+		}
 		count(CNT_TUNNELLED);
 		skb->mark |= MARK_TUNNELLED;
 		return bpf_redirect(cfg->vxlan_ifindex, 0);
 	}
-	if (flow_track(skb, &p, cfg, &obs))
-		return dropped(obs.drop);
+	drop = flow_track(skb, &p, cfg, &obs);
+	if (t.traced && trace_policy(&t, cfg, drop, 1, 0, skb->ifindex))
+		return dropped(drop);
+	if (drop)
+		return dropped(drop);
 	count(CNT_TO_STACK);
+	if (t.traced && trace_stack(skb, &t))
+		return trace_end(&t, TC_ACT_OK);
 	return TC_ACT_OK;
 }
 
@@ -95,8 +128,10 @@ SEC("classifier")
 int to_pod(struct __sk_buff *skb)
 {
 	struct flow_obs obs = {};
+	struct trace_ctx t = {};
 	struct dp_config *cfg;
 	struct pkt p;
+	__u8 drop;
 
 	count(CNT_TO_POD);
 	if (parse_ipv4(skb, &p))
@@ -104,9 +139,17 @@ int to_pod(struct __sk_buff *skb)
 	cfg = dp_config();
 	if (!cfg)
 		return TC_ACT_OK;
+	trace_marked(skb, &p, 0, &t);
 	observe_addrs(&obs, &p, cfg, skb, DIR_INGRESS);
-	if (flow_track(skb, &p, cfg, &obs))
-		return dropped(obs.drop);
+	drop = flow_track(skb, &p, cfg, &obs);
+	if (t.traced && trace_policy(&t, cfg, drop, 0, 1, skb->ifindex))
+		return dropped(drop);
+	if (drop)
+		return dropped(drop);
+	if (t.traced) {
+		trace_hop(&t, TP_TO_POD, TA_DELIVERED, 0, 0, skb->ifindex, 0, 0);
+		return trace_end(&t, TC_ACT_OK);
+	}
 	return TC_ACT_OK;
 }
 
@@ -115,9 +158,11 @@ int from_overlay(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
 	struct flow_obs obs = {};
+	struct trace_ctx t = {};
 	struct dp_config *cfg;
 	struct endpoint *dst;
 	struct pkt p;
+	__u8 drop = 0;
 
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0))
 		return TC_ACT_OK;
@@ -126,31 +171,61 @@ int from_overlay(struct __sk_buff *skb)
 		skb->mark |= MARK_TRACE;
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_OK;
+	trace_marked(skb, &p, key.tunnel_id & TAG_TRACE, &t);
+	if (t.traced)
+		trace_hop(&t, TP_FROM_OVERLAY, TA_RECEIVED, 0, 0, skb->ifindex,
+			  bpf_htonl(key.remote_ipv4), key.tunnel_id);
 	cfg = dp_config();
+	dst = endpoint_of(p.daddr);
 	if (cfg) {
 		observe_addrs(&obs, &p, cfg, skb, DIR_INGRESS);
 		/* The sender's identity comes with the packet: no lookup. */
 		obs.src_identity = key.tunnel_id & TAG_IDENTITY_MASK;
 		obs.tag = key.tunnel_id;
-		if (flow_track(skb, &p, cfg, &obs))
-			return dropped(obs.drop);
+		drop = flow_track(skb, &p, cfg, &obs);
+		if (t.traced && trace_policy(&t, cfg, drop, 0, dst != 0, skb->ifindex))
+			return dropped(drop);
+		if (drop)
+			return dropped(drop);
 	}
-	dst = endpoint_of(p.daddr);
 	if (!dst) {
 		/* For this node's host stack (e.g. a pod's reply to the node): the inner
 		 * destination MAC is the sender's gateway, not ours. */
 		bpf_skb_change_type(skb, PACKET_HOST);
 		count(CNT_TO_STACK);
+		if (t.traced && trace_stack(skb, &t))
+			return trace_end(&t, TC_ACT_OK);
 		return TC_ACT_OK;
 	}
 	count(CNT_OVERLAY_DELIVERED);
+	if (t.traced) {
+		trace_hop(&t, TP_TO_POD, TA_DELIVERED, 0, 0, dst->ifindex, 0, 0);
+		if (t.flags & TRACE_F_INJECTED)
+			return TC_ACT_SHOT;
+	}
 	return deliver_local(skb, &p, dst);
+}
+
+/* The tunnelled hop of a traced packet; the VNI carries the trace on, so the
+ * mark is cleared before the encapsulated packet meets the uplink. */
+static __always_inline void trace_tunnelled(struct __sk_buff *skb, struct pkt *p,
+					    struct dp_config *cfg, struct remote_node *rn)
+{
+	struct trace_ctx t = {};
+
+	trace_marked(skb, p, 0, &t);
+	if (!t.traced)
+		return;
+	skb->mark &= ~MARK_TRACE;
+	trace_hop(&t, TP_TO_OVERLAY, TA_TUNNELLED, 0, 0, skb->ifindex, rn->node_ip,
+		  make_tag(identity_of_addr(p->saddr, cfg), skb) | TAG_TRACE);
 }
 
 SEC("classifier")
 int to_overlay(struct __sk_buff *skb)
 {
 	struct flow_obs obs = {};
+	struct trace_ctx t = {};
 	struct dp_config *cfg;
 	struct remote_node *rn;
 	struct pkt p;
@@ -158,6 +233,9 @@ int to_overlay(struct __sk_buff *skb)
 	/* Packets from_pod redirected here already carry their key and were accounted. */
 	if (skb->mark & MARK_TUNNELLED) {
 		skb->mark &= ~MARK_TUNNELLED;
+		if ((skb->mark & MARK_TRACE) && !parse_ipv4(skb, &p) && (cfg = dp_config()) &&
+		    (rn = remote_of(p.daddr)))
+			trace_tunnelled(skb, &p, cfg, rn);
 		return TC_ACT_OK;
 	}
 	if (parse_ipv4(skb, &p))
@@ -166,14 +244,44 @@ int to_overlay(struct __sk_buff *skb)
 	rn = remote_of(p.daddr);
 	if (!cfg || !rn) {
 		count(CNT_DROP_TUNNEL_KEY);
+		trace_marked(skb, &p, 0, &t);
+		if (t.traced)
+			trace_hop(&t, TP_TO_OVERLAY, TA_DROPPED, DROP_TUNNEL_KEY, 0, skb->ifindex, 0, 0);
 		return TC_ACT_SHOT;
 	}
 	observe_addrs(&obs, &p, cfg, skb, DIR_EGRESS);
 	tunnel(skb, rn, &obs);
-	if (flow_track(skb, &p, cfg, &obs))
+	if (flow_track(skb, &p, cfg, &obs)) {
+		trace_marked(skb, &p, 0, &t);
+		if (t.traced)
+			trace_hop(&t, TP_TO_OVERLAY, TA_DROPPED, obs.drop, 0, skb->ifindex, rn->node_ip, 0);
 		return dropped(obs.drop);
+	}
 	count(CNT_HOST_TUNNELLED);
+	trace_tunnelled(skb, &p, cfg, rn);
 	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int to_underlay(struct __sk_buff *skb)
+{
+	struct trace_ctx t = {};
+	struct dp_config *cfg;
+	struct pkt p;
+
+	/* Only traced packets matter here: the rest pay this one test. */
+	if (!(skb->mark & MARK_TRACE))
+		return TC_ACT_OK;
+	skb->mark &= ~MARK_TRACE;
+	if (parse_ipv4(skb, &p))
+		return TC_ACT_OK;
+	cfg = dp_config();
+	if (!cfg)
+		return TC_ACT_OK;
+	trace_fill(skb, &p, &t);
+	trace_hop(&t, TP_MASQUERADE, p.saddr == cfg->node_ip ? TA_MASQUERADED : TA_FORWARDED, 0,
+		  0, skb->ifindex, 0, 0);
+	return trace_end(&t, TC_ACT_OK);
 }
 
 SEC("classifier")

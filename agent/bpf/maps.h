@@ -39,6 +39,7 @@
 /* dp_config.flags */
 #define CFG_NO_FLOWS 1u /* flow tracking off (benchmarks measure its cost) */
 #define CFG_POLICY 2u   /* some endpoint is isolated: evaluate NetworkPolicy */
+#define CFG_LIVE_TRACE 4u /* a live trace is armed: from_pod looks its pod up in trace_live */
 
 /* A pod attached to this node, keyed by its IPv4 address (network order). */
 struct endpoint {
@@ -169,7 +170,9 @@ enum counter {
 	CNT_EVENTS_RATE_LIMITED = 13,
 	CNT_EVENTS_LOST = 14,       /* the ring buffer was full */
 	CNT_DROP_POLICY = 15,
-	CNT_MAX = 16,
+	CNT_TRACE_EVENTS = 16,      /* trace observations written */
+	CNT_TRACE_LOST = 17,        /* trace observations lost: the ring buffer was full */
+	CNT_MAX = 18,
 };
 
 struct {
@@ -302,5 +305,114 @@ struct {
 	__type(key, struct peer_key);
 	__type(value, __u32);
 } policy_peers SEC(".maps");
+
+/*
+ * Traceflow. A traced packet carries MARK_TRACE on a node and TAG_TRACE in the
+ * VNI between nodes; every hook that sees it writes a trace_event. A packet an
+ * agent injects also has the IPv4 reserved flag (RFC 791 bit 0, which no stack
+ * sends) so the last hop on any node can drop it; from_pod trusts the flag only
+ * for packets registered in trace_packets.
+ */
+#define IP_RF 0x8000 /* in iphdr.frag_off, host order */
+
+/* api::trace::TracePoint codes. */
+enum trace_point {
+	TP_FROM_POD = 1,
+	TP_POLICY_EGRESS = 2,
+	TP_TO_OVERLAY = 3,
+	TP_FROM_OVERLAY = 4,
+	TP_POLICY_INGRESS = 5,
+	TP_TO_POD = 6,
+	TP_HOST_STACK = 7,
+	TP_MASQUERADE = 8,
+};
+
+/* api::trace::HopAction codes. */
+enum trace_action {
+	TA_RECEIVED = 1,
+	TA_FORWARDED = 2,
+	TA_TUNNELLED = 3,
+	TA_DELIVERED = 4,
+	TA_DROPPED = 5,
+	TA_REJECTED = 6,
+	TA_MASQUERADED = 7,
+};
+
+/* A drop reason only trace events carry (the flow tag has two bits for drops). */
+#define TRACE_DROP_NO_ROUTE 4
+
+/* trace_event.flags */
+#define TRACE_F_INJECTED 1u
+
+/* One observation of a traced packet, with the headers that identify it as the
+ * hook saw them (after masquerade: the translated source). */
+struct trace_event {
+	__u64 ts_ns;       /* bpf_ktime_get_ns() */
+	__u32 saddr;       /* network order */
+	__u32 daddr;
+	__u16 sport;       /* network order; ICMP echo: the id */
+	__u16 dport;
+	__u16 ip_id;       /* network order */
+	__u8 proto;
+	__u8 point;        /* enum trace_point */
+	__u8 action;       /* enum trace_action */
+	__u8 reason;       /* enum drop_reason or TRACE_DROP_NO_ROUTE; 0 none */
+	__u16 rule;        /* at policy points: the deciding rule id, 0 no policy */
+	__u32 ifindex;
+	__u32 tunnel_remote; /* the other node's underlay address, network order */
+	__u32 tag;         /* VNI sent or received */
+	__u32 trace_id;    /* at the source: the trace that marked the packet */
+	__u32 flags;       /* TRACE_F_* */
+};
+
+/* A packet an agent is about to inject, keyed by its headers (network order). */
+struct trace_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u16 ip_id;
+	__u8 proto;
+	__u8 _pad;
+};
+
+/* live_trace.flags */
+#define LIVE_F_DROPPED_ONLY 1u
+
+/* A live trace armed on a source pod (keyed by the pod's address): the next
+ * packet that matches is marked (TCP: a SYN without ACK, a new connection). */
+struct live_trace {
+	__u32 daddr;   /* network order */
+	__u32 dmask;   /* network order; 0 any destination */
+	__u16 sport;   /* network order; 0 any */
+	__u16 dport;   /* network order; 0 any */
+	__u8 proto;    /* 0 any */
+	__u8 flags;    /* LIVE_F_* */
+	__u16 _pad;
+	__u32 trace_id;
+	__u32 armed;   /* 1 until a packet takes it; dropped-only traces stay armed */
+};
+
+#define TRACE_EVENTS_BYTES (256 * 1024)
+#define MAX_TRACE_PACKETS 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, TRACE_EVENTS_BYTES);
+} trace_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TRACE_PACKETS);
+	__type(key, struct trace_key);
+	__type(value, __u32);
+} trace_packets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct live_trace);
+} trace_live SEC(".maps");
 
 #endif

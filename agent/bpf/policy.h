@@ -31,8 +31,10 @@ static __always_inline int port_matches(struct policy_rule *r, __u8 proto, __u16
 }
 
 /* The id of the first of `count` rules from `first` that admits `peer` on
- * (`proto`, `port`), or 0. */
-static __noinline __u32 match_rules(__u32 first, __u32 count, __u32 peer, __u32 proto, __u32 port)
+ * (`proto`, `port`), or 0. A global function: the verifier checks it once, not
+ * at every call site (each hook decides policy in several places, and a static
+ * copy per site made loading take seconds). */
+__noinline __u32 match_rules(__u32 first, __u32 count, __u32 peer, __u32 proto, __u32 port)
 {
 	__u32 i;
 
@@ -60,7 +62,8 @@ static __noinline __u32 match_rules(__u32 first, __u32 count, __u32 peer, __u32 
 }
 
 /* Decide a flow: `from` opened it to `to` on (`proto`, `port` host order). Fills
- * rule[POL_INGRESS], rule[POL_EGRESS]; returns non-zero if denied. */
+ * rule[POL_INGRESS], rule[POL_EGRESS]; returns which directions deny it
+ * (1 << POL_INGRESS | 1 << POL_EGRESS), 0 if allowed. */
 static __always_inline int policy_decide(__u32 from, __u32 to, __u8 proto, __u16 port,
 					 __u16 rule[2])
 {
@@ -75,7 +78,7 @@ static __always_inline int policy_decide(__u32 from, __u32 to, __u8 proto, __u16
 		id = match_rules(ep->first[POL_EGRESS], ep->count[POL_EGRESS], to, proto, port);
 		if (!id) {
 			id = ep->deny_rule[POL_EGRESS];
-			denied = 1;
+			denied |= 1 << POL_EGRESS;
 		}
 		rule[POL_EGRESS] = (__u16)id;
 	}
@@ -84,7 +87,7 @@ static __always_inline int policy_decide(__u32 from, __u32 to, __u8 proto, __u16
 		id = match_rules(ep->first[POL_INGRESS], ep->count[POL_INGRESS], from, proto, port);
 		if (!id) {
 			id = ep->deny_rule[POL_INGRESS];
-			denied = 1;
+			denied |= 1 << POL_INGRESS;
 		}
 		rule[POL_INGRESS] = (__u16)id;
 	}

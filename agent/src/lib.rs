@@ -15,6 +15,7 @@ pub mod overlay;
 pub mod pods;
 pub mod policy;
 pub mod server;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +56,7 @@ pub enum AgentError {
     },
     #[error("the IPFIX exporter could not start")]
     Exporter(#[from] lumen_exporter::ExportError),
-    #[error("the datapath's flow maps are not available")]
+    #[error("the datapath's flow or trace maps are not available")]
     NoFlowMaps,
 }
 
@@ -94,12 +95,14 @@ pub async fn run(
         .await
         .map_err(NodeError::from)?;
     tokio::spawn(node.clone().follow_cluster(rx.clone(), vxlan.index));
-    let maps = node
-        .datapath
-        .lock()
-        .map_err(|_| AgentError::NoFlowMaps)?
-        .take_flow_maps()
-        .ok_or(AgentError::NoFlowMaps)?;
+    let (maps, trace_maps) = {
+        let mut dp = node.datapath.lock().map_err(|_| AgentError::NoFlowMaps)?;
+        (
+            dp.take_flow_maps().ok_or(AgentError::NoFlowMaps)?,
+            dp.take_trace_maps().ok_or(AgentError::NoFlowMaps)?,
+        )
+    };
+    let tracer = trace::Tracer::start(node.clone(), trace_maps, rx.clone());
     let metrics = Arc::new(Metrics::new(
         &node.config.node_name,
         node.config.metrics_per_pod,
@@ -137,6 +140,7 @@ pub async fn run(
         flows: flows.clone(),
         exporter: exporter.clone(),
         metrics,
+        tracer,
     };
     if let Some(addr) = state.node.config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)

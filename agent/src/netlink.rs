@@ -10,7 +10,7 @@ use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 /// Why a netlink operation failed.
@@ -249,6 +249,22 @@ impl Netlink {
             .execute()
             .await
             .map_err(request(format!("add route {dst} via {gw}")))
+    }
+
+    /// `ip route replace unreachable DST`: addresses nothing more specific
+    /// claims are refused here instead of leaving by the default route.
+    pub async fn route_unreachable(&self, dst: Ipv4Cidr) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix())
+            .kind(RouteType::Unreachable)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(request(format!("add unreachable route {dst}")))
     }
 
     /// Remove a route to `dst`; a missing route is not an error.

@@ -135,6 +135,10 @@ impl Node {
             config.flow_settings,
         )?;
         datapath.attach_overlay(VXLAN_IFACE)?;
+        datapath.attach_underlay(&config.underlay_iface)?;
+        // A cluster address no pod or node CIDR route claims has no pod: refuse
+        // it here rather than send it out by the default route.
+        netlink.route_unreachable(config.cluster_cidr).await?;
         masquerade::install(config.cluster_cidr, VXLAN_IFACE)?;
 
         let ipam = Ipam::open(&config.state_dir.join("ipam.json"), pod_cidr)?;

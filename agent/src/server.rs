@@ -15,8 +15,10 @@ use axum::{Json, Router};
 use lumen_api::cni::{AgentError, CniRequest, GcRequest, code};
 use lumen_api::flow::FlowEvent;
 use lumen_api::policy::{ExplainQuery, ExplainRequest, ForQuery, PolicyQueryError};
+use lumen_api::trace::{HopsQuery, NodeHops, SourceTrace, TraceRequest, TraceResult, TraceWait};
 use lumen_api::{FlowFilter, FlowQuery, paths};
 use serde_json::json;
+use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::datapath::abi::{MAX_ENDPOINTS, MAX_REMOTE_CIDRS, counter};
@@ -25,6 +27,7 @@ use crate::metrics::{CollectorCounts, MapFill, Metrics, Snapshot};
 use crate::node::Node;
 use crate::pods::PodError;
 use crate::policy::report::{self, ReportError};
+use crate::trace::{TraceError, Tracer};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -33,6 +36,7 @@ pub struct AppState {
     pub flows: Arc<Flows>,
     pub exporter: Option<Arc<lumen_exporter::IpfixExporter>>,
     pub metrics: Arc<Metrics>,
+    pub tracer: Arc<Tracer>,
 }
 
 impl FromRef<AppState> for Arc<Node> {
@@ -86,6 +90,10 @@ pub fn app(state: AppState) -> Router {
         .route(paths::POLICIES, get(policies))
         .route(paths::POLICIES_FOR, get(policies_for))
         .route(paths::POLICIES_EXPLAIN, get(policies_explain))
+        .route(paths::TRACES, post(trace_start))
+        .route(paths::TRACE_HOPS, post(trace_hops))
+        .route("/v1/traces/{id}", get(trace_get))
+        .route("/v1/traces/{id}/finish", post(trace_finish))
         .with_state(state)
 }
 
@@ -467,4 +475,105 @@ mod tests {
             "the datapath's policy maps could not be read: reading BPF map ep_policy failed: key not found"
         );
     }
+}
+
+// === traces ===
+
+impl IntoResponse for TraceError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::Request(_) => StatusCode::BAD_REQUEST,
+            Self::NotLocal { .. }
+            | Self::UnknownPod(_)
+            | Self::UnknownNode(_)
+            | Self::UnknownTrace(_) => StatusCode::NOT_FOUND,
+            Self::NoPodIp(_) | Self::LiveBusy { .. } => StatusCode::CONFLICT,
+            Self::Map(_) | Self::Inject(_) | Self::Poisoned => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut message = self.to_string();
+        let mut source = std::error::Error::source(&self);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+/// A JSON body that does not parse is a 400 with serde's reason.
+fn bad_body(e: axum::extract::rejection::JsonRejection) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": format!("bad trace request: {}", e.body_text()) })),
+    )
+        .into_response()
+}
+
+async fn trace_start(
+    State(state): State<AppState>,
+    body: Result<Json<TraceRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(e),
+    };
+    match state.tracer.start_trace(request).await {
+        Ok(t) => (StatusCode::CREATED, Json(t)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn trace_get(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Query(wait): Query<TraceWait>,
+) -> Result<Json<SourceTrace>, TraceError> {
+    let wait_for = Duration::from_millis(wait.wait_ms.min(MAX_WAIT_MS));
+    Ok(Json(
+        state.tracer.wait_trace(&id, wait.packets, wait_for).await?,
+    ))
+}
+
+async fn trace_finish(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Result<Json<TraceResult>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(result) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(e),
+    };
+    match state.tracer.finish(&id, result) {
+        Ok(()) => Json(json!({ "finished": id })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Longest wait a long-poll may ask for.
+const MAX_WAIT_MS: u64 = 30_000;
+
+async fn trace_hops(
+    State(state): State<AppState>,
+    body: Result<Json<HopsQuery>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(query) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(e),
+    };
+    let store = state.tracer.store();
+    let wait = Duration::from_millis(query.wait_ms.min(MAX_WAIT_MS));
+    let hops = store
+        .wait_for(wait, |s| {
+            let hops = s.hops(&query.packet);
+            (hops.len() > query.after || hops.iter().any(lumen_api::trace::Hop::is_final))
+                .then_some(hops)
+        })
+        .await
+        .unwrap_or_default();
+    Json(NodeHops {
+        node: state.node.config.node_name.clone(),
+        hops,
+    })
+    .into_response()
 }

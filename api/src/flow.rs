@@ -94,6 +94,8 @@ pub enum DropReason {
     TunnelKey,
     /// The datapath had no configuration yet.
     NoConfig,
+    /// No route to the destination (trace hops only: flows carry two bits).
+    NoRoute,
     /// Not decodable by this version of Lumen.
     Unknown,
 }
@@ -105,6 +107,7 @@ impl DropReason {
             Self::Policy => 1,
             Self::TunnelKey => 2,
             Self::NoConfig => 3,
+            Self::NoRoute => 4,
             Self::Unknown => 255,
         }
     }
@@ -116,6 +119,7 @@ impl DropReason {
             1 => Some(Self::Policy),
             2 => Some(Self::TunnelKey),
             3 => Some(Self::NoConfig),
+            4 => Some(Self::NoRoute),
             _ => Some(Self::Unknown),
         }
     }

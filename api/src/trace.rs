@@ -122,8 +122,14 @@ impl TraceRequest {
         if self.source_port == Some(0) {
             return Err(TraceRequestError::ZeroPort("source"));
         }
+        if self.destination_port == Some(0) {
+            return Err(TraceRequestError::ZeroPort("destination"));
+        }
         if self.tcp_flags.is_some() && p != Protocol::TCP {
             return Err(TraceRequestError::FlagsNotTcp(p));
+        }
+        if self.tcp_flags.is_some() && self.mode == TraceMode::Live {
+            return Err(TraceRequestError::FlagsLive);
         }
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(TraceRequestError::Timeout(self.timeout_ms));
@@ -150,6 +156,8 @@ pub enum TraceRequestError {
     ZeroPort(&'static str),
     #[error("TCP flags given for a {0} trace")]
     FlagsNotTcp(Protocol),
+    #[error("TCP flags only shape an injected packet (a live trace takes the next SYN)")]
+    FlagsLive,
     #[error("timeout {0} ms is out of range (1 ms to {MAX_TIMEOUT_MS} ms)")]
     Timeout(u64),
 }
@@ -292,7 +300,9 @@ pub struct Hop {
     pub interface: String,
     /// Nanoseconds since the Unix epoch.
     pub timestamp_ns: u64,
-    /// Since the previous hop of the path (0 for the first).
+    /// Since the previous hop of the path (0 for the first). Across nodes this
+    /// compares two nodes' clocks: exact in the lab (one machine), as good as
+    /// their time synchronisation in a cluster (a negative difference shows 0).
     #[serde(default)]
     pub latency_ns: u64,
 }
@@ -324,7 +334,7 @@ impl fmt::Display for TracedPacket {
         if self.protocol.has_ports() {
             write!(
                 f,
-                "{} {}:{} -> {}:{} id {}",
+                "{} {}:{} -> {}:{} ip id {}",
                 self.protocol,
                 self.source,
                 self.source_port,
@@ -379,7 +389,8 @@ impl fmt::Display for TraceVerdict {
 pub struct TraceResult {
     pub id: String,
     pub phase: TracePhase,
-    /// Why the trace failed.
+    /// Why the trace failed; on a trace that succeeded, what went wrong
+    /// after (e.g. the source agent did not take the result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub request: TraceRequest,
@@ -403,7 +414,7 @@ pub struct TraceResult {
 impl TraceResult {
     /// The hop that ended the path, when there is one.
     pub fn final_hop(&self) -> Option<&Hop> {
-        self.hops.last().filter(|h| h.is_final())
+        self.hops.iter().find(|h| h.is_final())
     }
 }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod lab_cmd;
 mod observe;
 mod policy;
+mod trace;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +29,8 @@ enum Command {
     Observe(Box<observe::ObserveArgs>),
     /// NetworkPolicy: what is in force, what applies to a pod, why a packet passes or not
     Policy(policy::PolicyArgs),
+    /// One packet's path from a pod, hop by hop across nodes, with the verdict at each hop
+    Trace(Box<trace::TraceArgs>),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Lab(args) => lab_cmd::run(args).map_err(anyhow::Error::from),
         Command::Observe(args) => observe::run(*args).map_err(anyhow::Error::from),
         Command::Policy(args) => policy::run(args).map_err(anyhow::Error::from),
+        Command::Trace(args) => trace::run(*args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
@@ -101,6 +105,51 @@ mod tests {
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
+        for args in [
+            &["lumen", "trace", "pod-1-1", "pod-2-1"][..],
+            &[
+                "lumen",
+                "trace",
+                "x/a",
+                "node/node-2",
+                "--lab",
+                "t1",
+                "-o",
+                "yaml",
+            ],
+            &[
+                "lumen",
+                "trace",
+                "x/a",
+                "203.0.113.10:443",
+                "--proto",
+                "tcp",
+                "--flags",
+                "SYN,ACK",
+                "--sport",
+                "40001",
+                "--timeout",
+                "2s",
+                "--color",
+                "never",
+            ],
+            &[
+                "lumen",
+                "trace",
+                "x/a",
+                "y/b",
+                "--live",
+                "--dropped-only",
+                "--dport",
+                "80",
+                "-o",
+                "json",
+            ],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        assert!(Cli::try_parse_from(["lumen", "trace", "pod-1-1"]).is_err());
+        assert!(Cli::try_parse_from(["lumen", "trace", "a", "b", "--proto", "gre"]).is_err());
         assert!(Cli::try_parse_from(["lumen", "lab", "up", "--nodes", "x"]).is_err());
     }
 }

@@ -212,6 +212,82 @@ pub struct Traffic {
     pub bytes: u64,
 }
 
+// === Traceflow ===
+
+/// `CFG_LIVE_TRACE`: a live trace is armed, `from_pod` consults `trace_live`.
+pub const CFG_LIVE_TRACE: u32 = 4;
+/// `IP_RF`: the IPv4 reserved flag, set on injected packets.
+pub const IP_RF: u16 = 0x8000;
+/// `TRACE_F_INJECTED`
+pub const TRACE_F_INJECTED: u32 = 1;
+/// `TRACE_DROP_NO_ROUTE`: a drop reason only trace events carry.
+pub const TRACE_DROP_NO_ROUTE: u8 = 4;
+/// `LIVE_F_DROPPED_ONLY`
+pub const LIVE_F_DROPPED_ONLY: u8 = 1;
+pub const MAX_TRACE_PACKETS: u32 = 65536;
+
+/// `struct trace_event`: one observation of a traced packet (ring buffer).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TraceEvent {
+    pub ts_ns: u64,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub ip_id: u16,
+    pub proto: u8,
+    pub point: u8,
+    pub action: u8,
+    pub reason: u8,
+    pub rule: u16,
+    pub ifindex: u32,
+    pub tunnel_remote: u32,
+    pub tag: u32,
+    pub trace_id: u32,
+    pub flags: u32,
+}
+
+impl TraceEvent {
+    /// Read a record from ring-buffer bytes; `None` if it is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length is checked, `TraceEvent` is plain `repr(C)` data for
+        // which every bit pattern is valid, and `read_unaligned` needs no alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
+/// `struct trace_key`: a packet about to be injected (network order fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TraceKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub ip_id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `struct live_trace`: a live trace armed on a source pod.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LiveTrace {
+    pub daddr: u32,
+    pub dmask: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub flags: u8,
+    pub _pad: u16,
+    pub trace_id: u32,
+    pub armed: u32,
+}
+
 // SAFETY: plain `repr(C)` integers and byte arrays, no padding (checked by the
 // layout test), so any bit pattern is valid and the bytes can be copied to the kernel.
 unsafe impl aya::Pod for EndpointValue {}
@@ -231,6 +307,10 @@ unsafe impl aya::Pod for EpPolicy {}
 unsafe impl aya::Pod for PolicyRule {}
 // SAFETY: as above (packed, so no padding at all).
 unsafe impl aya::Pod for PeerKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TraceKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for LiveTrace {}
 
 /// An address as the datapath stores it: network byte order in a native `u32`.
 pub fn be_addr(ip: Ipv4Addr) -> u32 {
@@ -255,6 +335,8 @@ pub const COUNTERS: &[&str] = &[
     "events_rate_limited",
     "events_lost",
     "drop_policy",
+    "trace_events",
+    "trace_lost",
 ];
 
 /// Indexes into [`COUNTERS`] the flow collector reads.
@@ -263,6 +345,7 @@ pub mod counter {
     pub const EVENTS_RATE_LIMITED: u32 = 13;
     pub const EVENTS_LOST: u32 = 14;
     pub const FLOW_TABLE_FULL: u32 = 11;
+    pub const TRACE_LOST: u32 = 17;
 }
 
 /// Map and program names, as in the C sources.
@@ -281,7 +364,11 @@ pub mod names {
     pub const TO_POD: &str = "to_pod";
     pub const FROM_OVERLAY: &str = "from_overlay";
     pub const TO_OVERLAY: &str = "to_overlay";
+    pub const TO_UNDERLAY: &str = "to_underlay";
     pub const NOOP: &str = "noop";
+    pub const TRACE_EVENTS: &str = "trace_events";
+    pub const TRACE_PACKETS: &str = "trace_packets";
+    pub const TRACE_LIVE: &str = "trace_live";
 }
 
 #[cfg(test)]
@@ -372,6 +459,40 @@ mod tests {
             ("peer_key.addr", 4 + offset_of!(PeerKey, addr), 4),
             ("traffic.packets", offset_of!(Traffic, packets), 8),
             ("traffic.bytes", offset_of!(Traffic, bytes), 8),
+            ("trace_event.ts_ns", offset_of!(TraceEvent, ts_ns), 8),
+            ("trace_event.saddr", offset_of!(TraceEvent, saddr), 4),
+            ("trace_event.daddr", offset_of!(TraceEvent, daddr), 4),
+            ("trace_event.sport", offset_of!(TraceEvent, sport), 2),
+            ("trace_event.dport", offset_of!(TraceEvent, dport), 2),
+            ("trace_event.ip_id", offset_of!(TraceEvent, ip_id), 2),
+            ("trace_event.proto", offset_of!(TraceEvent, proto), 1),
+            ("trace_event.point", offset_of!(TraceEvent, point), 1),
+            ("trace_event.action", offset_of!(TraceEvent, action), 1),
+            ("trace_event.reason", offset_of!(TraceEvent, reason), 1),
+            ("trace_event.rule", offset_of!(TraceEvent, rule), 2),
+            ("trace_event.ifindex", offset_of!(TraceEvent, ifindex), 4),
+            (
+                "trace_event.tunnel_remote",
+                offset_of!(TraceEvent, tunnel_remote),
+                4,
+            ),
+            ("trace_event.tag", offset_of!(TraceEvent, tag), 4),
+            ("trace_event.trace_id", offset_of!(TraceEvent, trace_id), 4),
+            ("trace_event.flags", offset_of!(TraceEvent, flags), 4),
+            ("trace_key.saddr", offset_of!(TraceKey, saddr), 4),
+            ("trace_key.daddr", offset_of!(TraceKey, daddr), 4),
+            ("trace_key.sport", offset_of!(TraceKey, sport), 2),
+            ("trace_key.dport", offset_of!(TraceKey, dport), 2),
+            ("trace_key.ip_id", offset_of!(TraceKey, ip_id), 2),
+            ("trace_key.proto", offset_of!(TraceKey, proto), 1),
+            ("live_trace.daddr", offset_of!(LiveTrace, daddr), 4),
+            ("live_trace.dmask", offset_of!(LiveTrace, dmask), 4),
+            ("live_trace.sport", offset_of!(LiveTrace, sport), 2),
+            ("live_trace.dport", offset_of!(LiveTrace, dport), 2),
+            ("live_trace.proto", offset_of!(LiveTrace, proto), 1),
+            ("live_trace.flags", offset_of!(LiveTrace, flags), 1),
+            ("live_trace.trace_id", offset_of!(LiveTrace, trace_id), 4),
+            ("live_trace.armed", offset_of!(LiveTrace, armed), 4),
         ]
     }
 
@@ -395,6 +516,9 @@ mod tests {
             ("port_range", size_of::<PortRange>()),
             ("policy_rule", size_of::<PolicyRule>()),
             ("peer_key", 4 + size_of::<PeerKey>()),
+            ("trace_event", size_of::<TraceEvent>()),
+            ("trace_key", size_of::<TraceKey>()),
+            ("live_trace", size_of::<LiveTrace>()),
         ];
         assert_eq!(rust.to_vec(), C_SIZES.to_vec());
     }
@@ -416,6 +540,61 @@ mod tests {
             assert_eq!(consts[name], u64::from(reason.code()), "{name}");
         }
         assert_eq!(consts["EVENT_END"], u64::from(EVENT_END));
+        assert_eq!(consts["CFG_LIVE_TRACE"], u64::from(CFG_LIVE_TRACE));
+        assert_eq!(consts["IP_RF"], u64::from(IP_RF));
+        assert_eq!(consts["TRACE_F_INJECTED"], u64::from(TRACE_F_INJECTED));
+        assert_eq!(
+            consts["TRACE_DROP_NO_ROUTE"],
+            u64::from(TRACE_DROP_NO_ROUTE)
+        );
+        assert_eq!(
+            u64::from(TRACE_DROP_NO_ROUTE),
+            u64::from(DropReason::NoRoute.code())
+        );
+        assert_eq!(
+            consts["LIVE_F_DROPPED_ONLY"],
+            u64::from(LIVE_F_DROPPED_ONLY)
+        );
+        assert_eq!(consts["MAX_TRACE_PACKETS"], u64::from(MAX_TRACE_PACKETS));
+        for (name, code) in [
+            ("TP_FROM_POD", lumen_api::trace::TracePoint::FromPod),
+            (
+                "TP_POLICY_EGRESS",
+                lumen_api::trace::TracePoint::PolicyEgress,
+            ),
+            ("TP_TO_OVERLAY", lumen_api::trace::TracePoint::ToOverlay),
+            ("TP_FROM_OVERLAY", lumen_api::trace::TracePoint::FromOverlay),
+            (
+                "TP_POLICY_INGRESS",
+                lumen_api::trace::TracePoint::PolicyIngress,
+            ),
+            ("TP_TO_POD", lumen_api::trace::TracePoint::ToPod),
+            ("TP_HOST_STACK", lumen_api::trace::TracePoint::HostStack),
+            ("TP_MASQUERADE", lumen_api::trace::TracePoint::Masquerade),
+        ] {
+            let c = u8::try_from(consts[name]).expect("a point fits a byte");
+            assert_eq!(
+                lumen_api::trace::TracePoint::from_code(c),
+                Some(code),
+                "{name}"
+            );
+        }
+        for (name, code) in [
+            ("TA_RECEIVED", lumen_api::trace::HopAction::Received),
+            ("TA_FORWARDED", lumen_api::trace::HopAction::Forwarded),
+            ("TA_TUNNELLED", lumen_api::trace::HopAction::Tunnelled),
+            ("TA_DELIVERED", lumen_api::trace::HopAction::Delivered),
+            ("TA_DROPPED", lumen_api::trace::HopAction::Dropped),
+            ("TA_REJECTED", lumen_api::trace::HopAction::Rejected),
+            ("TA_MASQUERADED", lumen_api::trace::HopAction::Masqueraded),
+        ] {
+            let c = u8::try_from(consts[name]).expect("an action fits a byte");
+            assert_eq!(
+                lumen_api::trace::HopAction::from_code(c),
+                Some(code),
+                "{name}"
+            );
+        }
         assert_eq!(consts["DROP_MAX"], u64::from(DROP_MAX));
         assert_eq!(consts["MAX_ENDPOINTS"], u64::from(MAX_ENDPOINTS));
         assert_eq!(consts["MAX_REMOTE_CIDRS"], u64::from(MAX_REMOTE_CIDRS));

@@ -24,8 +24,9 @@ use aya::{Ebpf, EbpfLoader};
 use lumen_api::Ipv4Cidr;
 
 use abi::{
-    CFG_NO_FLOWS, CFG_POLICY, DpConfig, EndpointValue, EpPolicy, FlowKey, FlowValue, LpmV4Key,
-    MAX_POLICY_RULES, PeerKey, PolicyRule, RemoteNode, Traffic, be_addr, names,
+    CFG_LIVE_TRACE, CFG_NO_FLOWS, CFG_POLICY, DpConfig, EndpointValue, EpPolicy, FlowKey,
+    FlowValue, LiveTrace, LpmV4Key, MAX_POLICY_RULES, PeerKey, PolicyRule, RemoteNode, TraceKey,
+    Traffic, be_addr, names,
 };
 pub use decide::DatapathDecision;
 use policy::{EndpointRules, Layout, LayoutError};
@@ -98,6 +99,11 @@ const OVERLAY_HOOKS: [Hook; 2] = [
     },
 ];
 
+const UNDERLAY_HOOKS: [Hook; 1] = [Hook {
+    program: names::TO_UNDERLAY,
+    direction: TcAttachType::Egress,
+}];
+
 /// Sizes fixed when the object is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -148,6 +154,21 @@ impl std::fmt::Debug for FlowMaps {
     }
 }
 
+/// Traceflow's maps: the observations ring buffer (read by the trace
+/// collector), the injected packets and the armed live traces (written by the
+/// tracer).
+pub struct TraceMaps {
+    pub events: RingBuf<MapData>,
+    pub packets: HashMap<MapData, TraceKey, u32>,
+    pub live: HashMap<MapData, u32, LiveTrace>,
+}
+
+impl std::fmt::Debug for TraceMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceMaps").finish_non_exhaustive()
+    }
+}
+
 /// The loaded datapath and its typed map handles.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -156,6 +177,7 @@ pub struct Datapath {
     config: aya::maps::Array<MapData, DpConfig>,
     counters: PerCpuArray<MapData, u64>,
     flows: Option<FlowMaps>,
+    traces: Option<TraceMaps>,
     links: StdHashMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
     /// Remote pod CIDRs in the LPM map (for its fill metric).
     remotes: std::collections::BTreeSet<Ipv4Cidr>,
@@ -209,6 +231,7 @@ impl Datapath {
             names::TO_POD,
             names::FROM_OVERLAY,
             names::TO_OVERLAY,
+            names::TO_UNDERLAY,
             names::NOOP,
         ] {
             program(&mut ebpf, name)?
@@ -235,6 +258,11 @@ impl Datapath {
                 events: take_map(&mut ebpf, names::FLOW_EVENTS)?,
                 traffic: take_map(&mut ebpf, names::TRAFFIC)?,
             }),
+            traces: Some(TraceMaps {
+                events: take_map(&mut ebpf, names::TRACE_EVENTS)?,
+                packets: take_map(&mut ebpf, names::TRACE_PACKETS)?,
+                live: take_map(&mut ebpf, names::TRACE_LIVE)?,
+            }),
             ebpf,
             links: StdHashMap::new(),
             remotes: std::collections::BTreeSet::new(),
@@ -245,6 +273,25 @@ impl Datapath {
     /// The flow tracker's maps; `None` once taken.
     pub fn take_flow_maps(&mut self) -> Option<FlowMaps> {
         self.flows.take()
+    }
+
+    /// Traceflow's maps; `None` once taken.
+    pub fn take_trace_maps(&mut self) -> Option<TraceMaps> {
+        self.traces.take()
+    }
+
+    /// Whether `from_pod` looks for armed live traces (only while one is).
+    pub fn set_live_tracing(&mut self, on: bool) -> Result<(), DatapathError> {
+        let mut config = self.config_value;
+        config.flags = if on {
+            config.flags | CFG_LIVE_TRACE
+        } else {
+            config.flags & !CFG_LIVE_TRACE
+        };
+        if config == self.config_value {
+            return Ok(());
+        }
+        self.write_config(config)
     }
 
     /// Node-wide settings the programs read.
@@ -339,6 +386,12 @@ impl Datapath {
         self.attach(iface, &OVERLAY_HOOKS)
     }
 
+    /// Attach `to_underlay` to the node's uplink: traced packets leaving the
+    /// node report the masquerade hop there.
+    pub fn attach_underlay(&mut self, iface: &str) -> Result<(), DatapathError> {
+        self.attach(iface, &UNDERLAY_HOOKS)
+    }
+
     /// Attach the pod programs to a host veth and publish the endpoint.
     pub fn add_endpoint(
         &mut self,
@@ -353,6 +406,11 @@ impl Datapath {
                 name: names::ENDPOINTS,
                 source,
             })
+    }
+
+    /// The datapath's record of a local endpoint.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Option<EndpointValue> {
+        self.endpoints.get(&be_addr(ip), 0).ok()
     }
 
     /// Forget an endpoint; detaching is best effort since the veth may be gone.

@@ -102,7 +102,9 @@ fn follow_packets(
             next += 1;
             match follow(agents, packet, deadline) {
                 Some(hops) => {
-                    let dropped = hops.last().is_some_and(|h| h.action == HopAction::Dropped);
+                    let dropped = hops.iter().find(|h| h.is_final()).is_some_and(|h| {
+                        matches!(h.action, HopAction::Dropped | HopAction::Rejected)
+                    });
                     if !request.dropped_only || dropped {
                         return Ok((packet, hops));
                     }
@@ -283,13 +285,14 @@ pub fn assemble(mut nodes: Vec<NodeHops>) -> Vec<Hop> {
 /// Fill the result from a complete path.
 fn finish_path(result: &mut TraceResult, packet: TracedPacket, hops: Vec<Hop>) {
     result.packet = Some(packet);
-    result.verdict = hops.last().map(|h| match h.action {
+    let end = hops.iter().find(|h| h.is_final());
+    result.verdict = end.map(|h| match h.action {
         HopAction::Dropped | HopAction::Rejected => TraceVerdict::Dropped,
         HopAction::Masqueraded => TraceVerdict::LeftCluster,
         _ if h.point == TracePoint::Masquerade => TraceVerdict::LeftCluster,
         _ => TraceVerdict::Delivered,
     });
-    result.end_to_end_ns = match (hops.first(), hops.last()) {
+    result.end_to_end_ns = match (hops.first(), end) {
         (Some(a), Some(b)) => b.timestamp_ns.saturating_sub(a.timestamp_ns),
         _ => 0,
     };
@@ -302,6 +305,10 @@ fn refused(node: &str, e: ClientError) -> OrchestrateError {
         ClientError::Status { body, .. } => OrchestrateError::Refused {
             node: node.to_owned(),
             reason: body,
+        },
+        ClientError::Agent(err) => OrchestrateError::Refused {
+            node: node.to_owned(),
+            reason: err.msg,
         },
         source => OrchestrateError::Agent {
             node: node.to_owned(),

@@ -18,7 +18,8 @@ use lumen_api::client::Client;
 use lumen_api::{FilterError, FlowFilter, FlowQuery};
 use lumen_lab::{DEFAULT_NAME, DEFAULT_STATE_ROOT, Lab, LabError};
 
-use self::format::{ColorChoice, Output, Streaming};
+pub(crate) use self::format::ColorChoice;
+use self::format::{Output, Streaming};
 use self::since::{SinceError, parse_since};
 use self::source::{Agent, Problem, Update};
 
