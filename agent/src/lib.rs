@@ -103,6 +103,18 @@ pub async fn run(
         )
     };
     let tracer = trace::Tracer::start(node.clone(), trace_maps, rx.clone());
+    let mut agents = node.config.peer_agents.clone();
+    if !agents.iter().any(|a| a.node == node.config.node_name) {
+        agents.push(lumen_api::trace::orchestrate::NodeAgent {
+            node: node.config.node_name.clone(),
+            socket: socket.clone(),
+        });
+    }
+    tokio::spawn(trace::objects::follow(
+        node.config.manifests.clone(),
+        tracer.clone(),
+        agents,
+    ));
     let metrics = Arc::new(Metrics::new(
         &node.config.node_name,
         node.config.metrics_per_pod,

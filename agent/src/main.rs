@@ -99,6 +99,10 @@ struct Args {
     /// Never export records matching this filter (repeatable).
     #[arg(long, value_parser = flow_filter)]
     export_deny: Vec<FlowFilter>,
+    /// Another node's agent, for traces this agent runs from `Traceflow`
+    /// objects: `NODE=SOCKET` (repeatable; include this node's own).
+    #[arg(long = "peer-agent", value_parser = peer_agent)]
+    peer_agents: Vec<lumen_api::trace::orchestrate::NodeAgent>,
     /// Records buffered per collector while it is unreachable; beyond, counted lost.
     #[arg(long, default_value_t = lumen_exporter::IpfixConfig::default().max_buffered_records)]
     ipfix_max_buffered: usize,
@@ -112,6 +116,18 @@ fn flow_filter(s: &str) -> Result<FlowFilter, String> {
     let axum::extract::Query(query) =
         axum::extract::Query::<FlowQuery>::try_from_uri(&uri).map_err(|e| format!("{s:?}: {e}"))?;
     FlowFilter::try_from(&query).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `NODE=SOCKET`.
+fn peer_agent(s: &str) -> Result<lumen_api::trace::orchestrate::NodeAgent, String> {
+    let (node, socket) = s
+        .split_once('=')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+        .ok_or_else(|| format!("{s:?}: expected NODE=SOCKET"))?;
+    Ok(lumen_api::trace::orchestrate::NodeAgent {
+        node: node.to_owned(),
+        socket: PathBuf::from(socket),
+    })
 }
 
 /// `250ms`, `15s`, `2m`.
@@ -201,6 +217,7 @@ fn run() -> anyhow::Result<()> {
             max_buffered_records: args.ipfix_max_buffered,
             ..lumen_exporter::IpfixConfig::default()
         },
+        peer_agents: args.peer_agents,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -64,6 +64,20 @@ pub struct Snapshot {
     pub collectors: Vec<CollectorCounts>,
     /// (used, free) addresses of the node's pod CIDR.
     pub ipam: (u64, u64),
+    pub traces: TraceSnapshot,
+}
+
+/// Traces started on this node, how they ended, and the datapath's hop reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceSnapshot {
+    pub started: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub left_cluster: u64,
+    pub failed: u64,
+    /// Hop observations the datapath wrote, and those lost (ring buffer full).
+    pub hops: u64,
+    pub hops_lost: u64,
 }
 
 /// The registry and every family.
@@ -92,6 +106,10 @@ pub struct Metrics {
     cni_errors: IntCounterVec,
     ipam: IntGaugeVec,
     policy_hits: IntCounterVec,
+    traces_started: IntCounter,
+    traces: IntCounterVec,
+    trace_hops: IntCounter,
+    trace_hops_lost: IntCounter,
     pod_packets: IntCounterVec,
     pod_bytes: IntCounterVec,
     series_refused: IntCounter,
@@ -290,6 +308,31 @@ impl Metrics {
                     "lumen_ipam_addresses",
                     "Addresses of the node's pod CIDR, used and free.",
                     &["state"],
+                )
+            })?,
+            traces_started: register(&r, "lumen_traces_started_total", || {
+                IntCounter::new(
+                    "lumen_traces_started_total",
+                    "Traces started from a pod of this node.",
+                )
+            })?,
+            traces: register(&r, "lumen_traces_total", || {
+                counter_vec(
+                    "lumen_traces_total",
+                    "Traces started from a pod of this node that ended, by result.",
+                    &["result"],
+                )
+            })?,
+            trace_hops: register(&r, "lumen_trace_hops_total", || {
+                IntCounter::new(
+                    "lumen_trace_hops_total",
+                    "Hop observations of traced packets the datapath wrote on this node.",
+                )
+            })?,
+            trace_hops_lost: register(&r, "lumen_trace_hops_lost_total", || {
+                IntCounter::new(
+                    "lumen_trace_hops_lost_total",
+                    "Hop observations lost because the trace ring buffer was full.",
                 )
             })?,
             policy_hits: register(&r, "lumen_policy_rule_hits_total", || {
@@ -528,6 +571,18 @@ impl Metrics {
                 .with_label_values(&[m.name])
                 .set(gauge(m.capacity));
         }
+        let t = &snap.traces;
+        sync(&self.traces_started, t.started);
+        for (result, n) in [
+            ("delivered", t.delivered),
+            ("dropped", t.dropped),
+            ("left_cluster", t.left_cluster),
+            ("failed", t.failed),
+        ] {
+            sync(&self.traces.with_label_values(&[result]), n);
+        }
+        sync(&self.trace_hops, t.hops);
+        sync(&self.trace_hops_lost, t.hops_lost);
         self.ipam
             .with_label_values(&["used"])
             .set(gauge(snap.ipam.0));

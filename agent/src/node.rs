@@ -50,6 +50,8 @@ pub struct Config {
     /// IPFIX export; no collectors, no export. The observation domain id is set
     /// from the node's address when left 0.
     pub ipfix: lumen_exporter::IpfixConfig,
+    /// Every node's agent (this one's included), for `Traceflow` objects.
+    pub peer_agents: Vec<lumen_api::trace::orchestrate::NodeAgent>,
 }
 
 /// Why the node could not be brought up.

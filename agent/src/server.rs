@@ -23,11 +23,12 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::datapath::abi::{MAX_ENDPOINTS, MAX_REMOTE_CIDRS, counter};
 use crate::flows::Flows;
-use crate::metrics::{CollectorCounts, MapFill, Metrics, Snapshot};
+use crate::metrics::{CollectorCounts, MapFill, Metrics, Snapshot, TraceSnapshot};
 use crate::node::Node;
 use crate::pods::PodError;
 use crate::policy::report::{self, ReportError};
 use crate::trace::{TraceError, Tracer};
+use std::sync::atomic::Ordering;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -357,7 +358,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// What a scrape reads, from the agent's parts.
 fn snapshot(state: &AppState) -> Snapshot {
     let flows = state.flows.stats();
-    let (flows_created, remotes, max_flows) = state
+    let (flows_created, remotes, max_flows, hops, hops_lost) = state
         .node
         .datapath
         .lock()
@@ -366,9 +367,21 @@ fn snapshot(state: &AppState) -> Snapshot {
                 dp.counter(counter::FLOWS_CREATED),
                 dp.remote_count() as u64,
                 u64::from(dp.max_flows()),
+                dp.counter(counter::TRACE_EVENTS),
+                dp.counter(counter::TRACE_LOST),
             )
         })
         .unwrap_or_default();
+    let c = &state.tracer.counts;
+    let traces = TraceSnapshot {
+        started: c.started.load(Ordering::Relaxed),
+        delivered: c.delivered.load(Ordering::Relaxed),
+        dropped: c.dropped.load(Ordering::Relaxed),
+        left_cluster: c.left_cluster.load(Ordering::Relaxed),
+        failed: c.failed.load(Ordering::Relaxed),
+        hops,
+        hops_lost,
+    };
     let endpoints = state.node.endpoints.lock().map_or(0, |e| e.len() as u64);
     let maps = vec![
         MapFill {
@@ -417,6 +430,7 @@ fn snapshot(state: &AppState) -> Snapshot {
         maps,
         collectors,
         ipam,
+        traces,
     }
 }
 

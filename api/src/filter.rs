@@ -185,7 +185,7 @@ pub struct FlowFilter {
     to_label: Vec<LabelTerm>,
     protocol: Vec<Protocol>,
     port: Vec<u16>,
-    verdict: Vec<Verdict>,
+    verdict: Vec<VerdictMatch>,
     node: Vec<String>,
     since_ns: Option<u64>,
 }
@@ -229,12 +229,36 @@ impl TryFrom<&FlowQuery> for FlowFilter {
                 s.parse().map_err(|_| invalid("port", "port number")(s))
             })?,
             verdict: parse_list(&q.verdict, |s| {
-                Verdict::parse(s)
-                    .ok_or_else(|| invalid("verdict", "verdict (FORWARDED|DROPPED)")(s))
+                VerdictMatch::parse(s)
+                    .ok_or_else(|| invalid("verdict", "verdict (FORWARDED|DROPPED|TRACED)")(s))
             })?,
             node: list(&q.node).map(str::to_owned).collect(),
             since_ns: q.since_ns,
         })
+    }
+}
+
+/// A `verdict` term: the flow's verdict, or `TRACED` for a flow that carried
+/// a traced packet (Hubble's verdict for trace observations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VerdictMatch {
+    Is(Verdict),
+    Traced,
+}
+
+impl VerdictMatch {
+    fn parse(s: &str) -> Option<Self> {
+        if s.eq_ignore_ascii_case("TRACED") {
+            return Some(Self::Traced);
+        }
+        Verdict::parse(s).map(Self::Is)
+    }
+
+    fn matches(self, flow: &Flow) -> bool {
+        match self {
+            Self::Is(v) => v == flow.verdict,
+            Self::Traced => flow.traced,
+        }
     }
 }
 
@@ -258,7 +282,7 @@ impl FlowFilter {
             && self.to_label.iter().all(|t| t.matches(dst))
             && any_or_empty(&self.protocol, |p| *p == flow.protocol)
             && any_or_empty(&self.port, |p| src.port == *p || dst.port == *p)
-            && any_or_empty(&self.verdict, |v| *v == flow.verdict)
+            && any_or_empty(&self.verdict, |v| v.matches(flow))
             && any_or_empty(&self.node, |n| *n == flow.node)
             && self.since_ns.is_none_or(|t| flow.end_ns >= t)
     }
@@ -342,6 +366,8 @@ mod tests {
             (q(|q| q.port = s("443")), false),
             (q(|q| q.verdict = s("FORWARDED")), true),
             (q(|q| q.verdict = s("dropped")), false),
+            (q(|q| q.verdict = s("traced")), false),
+            (q(|q| q.verdict = s("DROPPED,TRACED")), false),
             (q(|q| q.node = s("node-2,node-1")), true),
             (q(|q| q.node = s("node-2")), false),
             (q(|q| q.since_ns = Some(2_000)), true),

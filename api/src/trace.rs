@@ -280,6 +280,7 @@ pub struct TunnelInfo {
 
 /// One observation of the traced packet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Hop {
     pub node: String,
     pub point: TracePoint,

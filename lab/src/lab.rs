@@ -704,8 +704,17 @@ fn agent_command(state: &LabState, node: &Node) -> Command {
             "eth0",
             "--cluster-cidr",
             config::CLUSTER_CIDR,
-        ])
-        .args(&state.agent_args);
+        ]);
+    // Every agent knows every node's agent: it runs the Traceflow objects
+    // whose source pod is on its node.
+    for peer in &state.nodes {
+        cmd.arg(format!(
+            "--peer-agent={}={}",
+            peer.name,
+            peer.socket.display()
+        ));
+    }
+    cmd.args(&state.agent_args);
     cmd
 }
 

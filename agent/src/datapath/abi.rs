@@ -345,6 +345,7 @@ pub mod counter {
     pub const EVENTS_RATE_LIMITED: u32 = 13;
     pub const EVENTS_LOST: u32 = 14;
     pub const FLOW_TABLE_FULL: u32 = 11;
+    pub const TRACE_EVENTS: u32 = 16;
     pub const TRACE_LOST: u32 = 17;
 }
 

@@ -6,6 +6,7 @@
 //! of the manifest directory.
 
 pub mod inject;
+pub mod objects;
 pub mod packet;
 pub mod store;
 
@@ -93,7 +94,7 @@ struct Traces {
 
 /// The node's tracer.
 pub struct Tracer {
-    node: Arc<Node>,
+    pub node: Arc<Node>,
     cluster: watch::Receiver<Arc<ClusterState>>,
     store: Arc<Store>,
     packets: Mutex<BpfHashMap<MapData, TraceKey, u32>>,

@@ -66,6 +66,7 @@ fn busy(flows: u64) -> Snapshot {
             template_sends: 10,
         }],
         ipam: (100, 154),
+        ..Snapshot::default()
     }
 }
 

@@ -147,8 +147,18 @@ fn policy(p: &PolicyRef) -> String {
 }
 
 /// `FORWARDED`, `DROPPED`, or `DROPPED (POLICY shop/deny-web ingress[0])`: the
-/// reason, and for a policy drop the rule that denied it.
+/// reason, and for a policy drop the rule that denied it; `TRACED` after it
+/// when a packet of the flow was traced.
 fn verdict(flow: &Flow) -> (String, Paint) {
+    let (text, paint) = untraced_verdict(flow);
+    if flow.traced {
+        (format!("{text} TRACED"), paint)
+    } else {
+        (text, paint)
+    }
+}
+
+fn untraced_verdict(flow: &Flow) -> (String, Paint) {
     match flow.verdict {
         Verdict::Forwarded => ("FORWARDED".to_owned(), Paint::Green),
         Verdict::Dropped => {

@@ -52,7 +52,7 @@ pub struct ObserveArgs {
     /// Either side's port
     #[arg(long)]
     port: Vec<String>,
-    /// FORWARDED or DROPPED
+    /// FORWARDED, DROPPED, or TRACED (flows that carried a traced packet)
     #[arg(long)]
     verdict: Vec<String>,
     /// The node that observed the flow (with --lab, only its agent is asked)
