@@ -324,7 +324,7 @@ fn bad_flags_fail_before_asking() {
         ),
         (
             &["--verdict", "maybe"],
-            "error: invalid filter: verdict: \"maybe\" is not a valid verdict (FORWARDED|DROPPED)\n",
+            "error: invalid filter: verdict: \"maybe\" is not a valid verdict (FORWARDED|DROPPED|TRACED)\n",
         ),
         (
             &["--since", "tomorrow"],

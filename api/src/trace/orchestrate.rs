@@ -96,12 +96,13 @@ fn follow_packets(
 ) -> Result<(TracedPacket, Vec<Hop>), String> {
     let mut next = 0;
     let mut incomplete = None;
+    let mut errors: Vec<String> = Vec::new();
     loop {
         while next < packets.len() {
             let packet = packets[next];
             next += 1;
             match follow(agents, packet, deadline) {
-                Some(hops) => {
+                Ok(hops) => {
                     let dropped = hops.iter().find(|h| h.is_final()).is_some_and(|h| {
                         matches!(h.action, HopAction::Dropped | HopAction::Rejected)
                     });
@@ -109,14 +110,22 @@ fn follow_packets(
                         return Ok((packet, hops));
                     }
                 }
-                None => incomplete = Some(packet),
+                Err(e) => {
+                    incomplete = Some(packet);
+                    errors = e;
+                }
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            let seen = if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", errors.join("; "))
+            };
             return Err(match incomplete {
                 Some(p) => format!(
-                    "the path of {p} did not end within {} ms",
+                    "the path of {p} did not end within {} ms{seen}",
                     request.timeout_ms
                 ),
                 None if packets.is_empty() => {
@@ -151,8 +160,12 @@ fn follow_packets(
 
 /// Every node's hops of `packet`, once one node has the path's end; `None` if
 /// the deadline comes first.
-fn follow(agents: &[NodeAgent], packet: TracedPacket, deadline: Instant) -> Option<Vec<Hop>> {
-    let (tx, rx) = mpsc::channel::<NodeHops>();
+fn follow(
+    agents: &[NodeAgent],
+    packet: TracedPacket,
+    deadline: Instant,
+) -> Result<Vec<Hop>, Vec<String>> {
+    let (tx, rx) = mpsc::channel::<Result<NodeHops, String>>();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for agent in agents {
         let (tx, stop, agent) = (tx.clone(), stop.clone(), agent.clone());
@@ -160,8 +173,18 @@ fn follow(agents: &[NodeAgent], packet: TracedPacket, deadline: Instant) -> Opti
     }
     drop(tx);
     let mut seen: Vec<NodeHops> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
     let mut ended = false;
     while let Ok(update) = rx.recv() {
+        let update = match update {
+            Ok(u) => u,
+            Err(e) => {
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+                continue;
+            }
+        };
         ended |= update.hops.iter().any(|h| h.is_final());
         match seen.iter_mut().find(|s| s.node == update.node) {
             Some(s) => *s = update,
@@ -173,7 +196,7 @@ fn follow(agents: &[NodeAgent], packet: TracedPacket, deadline: Instant) -> Opti
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if !ended {
-        return None;
+        return Err(errors);
     }
     // A node may not have read its last hops yet: ask every node once more.
     for agent in agents {
@@ -191,7 +214,7 @@ fn follow(agents: &[NodeAgent], packet: TracedPacket, deadline: Instant) -> Opti
             }
         }
     }
-    Some(assemble(seen))
+    Ok(assemble(seen))
 }
 
 /// Long-poll one node, sending every change, until the deadline or `stop`.
@@ -200,7 +223,7 @@ fn poll_node(
     packet: TracedPacket,
     deadline: Instant,
     stop: &std::sync::atomic::AtomicBool,
-    tx: &mpsc::Sender<NodeHops>,
+    tx: &mpsc::Sender<Result<NodeHops, String>>,
 ) {
     let mut after = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -215,15 +238,22 @@ fn poll_node(
             after,
             wait_ms: duration_ms(wait),
         };
-        let Ok(hops) = client.post::<_, NodeHops>(paths::TRACE_HOPS, &query) else {
-            // An unreachable node adds nothing; the others may still end the path.
-            std::thread::sleep(Duration::from_millis(20).min(left));
-            continue;
+        let hops = match client.post::<_, NodeHops>(paths::TRACE_HOPS, &query) {
+            Ok(h) => h,
+            Err(e) => {
+                // An unreachable node adds nothing; the others may still end
+                // the path, and the failure says why if they do not.
+                if tx.send(Err(format!("node {}: {e}", agent.node))).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20).min(left));
+                continue;
+            }
         };
         let ended = hops.hops.iter().any(|h| h.is_final());
         if hops.hops.len() > after {
             after = hops.hops.len();
-            if tx.send(hops).is_err() {
+            if tx.send(Ok(hops)).is_err() {
                 return;
             }
         }

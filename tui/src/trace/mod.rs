@@ -112,8 +112,6 @@ pub enum TraceError {
     },
     #[error("--flags {value:?}: {flag:?} is not a TCP flag (SYN, ACK, FIN, RST, PSH, URG)")]
     Flag { value: String, flag: String },
-    #[error("--flags sets the injected packet's flags; a --live trace follows a real packet")]
-    FlagsLive,
     #[error("--timeout {value:?} is not a duration (500ms, 5s, 1m)")]
     Timeout { value: String },
     #[error("invalid trace")]
@@ -195,9 +193,6 @@ impl TraceArgs {
             timeout_ms: timeout_ms(&self.timeout)?,
         };
         request.validate().map_err(TraceError::Request)?;
-        if request.tcp_flags.is_some() && mode == TraceMode::Live {
-            return Err(TraceError::FlagsLive);
-        }
         Ok(request)
     }
 }

@@ -216,7 +216,7 @@ fn bad_arguments_fail_before_any_request() {
         ),
         (
             &["x/a", "y/b", "--live", "--flags", "SYN"],
-            "--flags sets the injected packet's flags",
+            "invalid trace: TCP flags only shape an injected packet",
         ),
         (
             &["x/a", "y/b", "--timeout", "soon"],
