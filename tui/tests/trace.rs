@@ -257,7 +257,7 @@ fn an_inter_node_trace_is_a_tree_with_a_branch_per_node() {
     assert_eq!(
         text(&out.stdout),
         format!(
-            "trace {ID} TCP 10.244.1.2:40001 -> 10.244.2.2:80 id 7 (injected)\n\
+            "trace {ID} TCP 10.244.1.2:40001 -> 10.244.2.2:80 ip id 7 (injected)\n\
              node-1\n\
              |-- from_pod       RECEIVED\n\
              |-- policy egress  FORWARDED  +4.0us  no policy\n\
