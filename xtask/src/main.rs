@@ -414,6 +414,14 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
         ),
         None => println!("  (install prometheus for a Prometheus server: cargo xtask deps)"),
     }
+    println!(
+        "  {} trace --lab demo pod-1-1 pod-2-1          # one packet's path, hop by hop",
+        lumen.display()
+    );
+    println!(
+        "  {} trace --lab demo pod-1-1 203.0.113.10 --live   # the next real connection",
+        lumen.display()
+    );
     println!("  {} lab status --name demo", lumen.display());
     println!(
         "  {} lab probe --name demo pod-1-1 pod-2-1 80/tcp",
