@@ -97,9 +97,9 @@ fn eventually(what: &str, check: impl Fn() -> bool) {
     }
 }
 
-/// `lumen policy ARGS` over the lab's agents: its standard output.
-fn lumen_policy(args: &[&str]) -> String {
-    let out = harness::lumen(&[&["policy", "--lab", LAB], args].concat());
+/// `lumen policy ARGS` over the agents of lab `lab`: its standard output.
+fn lumen_policy(lab: &str, args: &[&str]) -> String {
+    let out = harness::lumen(&[&["policy", "--lab", lab], args].concat());
     assert!(
         out.status.success(),
         "lumen policy {args:?}: {}",
@@ -109,8 +109,8 @@ fn lumen_policy(args: &[&str]) -> String {
 }
 
 /// `lumen policy ARGS -o json` as JSON.
-fn policy_json(args: &[&str]) -> serde_json::Value {
-    let out = lumen_policy(&[args, &["-o", "json"]].concat());
+fn policy_json(lab: &str, args: &[&str]) -> serde_json::Value {
+    let out = lumen_policy(lab, &[args, &["-o", "json"]].concat());
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("lumen policy {args:?}: {e}: {out}"))
 }
 
@@ -120,8 +120,10 @@ fn explain_like_the_record(lab: &Lab, flow: &Flow) -> Explanation {
     let from = flow.source.pod_ref().expect("source is a pod");
     let to = flow.destination.pod_ref().expect("destination is a pod");
     let packet = format!("{}/{}", flow.destination.port, flow.protocol);
-    let e: Explanation = serde_json::from_value(policy_json(&["explain", &from, &to, &packet]))
-        .expect("explanation");
+    let name = lab.state().name.clone();
+    let e: Explanation =
+        serde_json::from_value(policy_json(&name, &["explain", &from, &to, &packet]))
+            .expect("explanation");
     let case = format!("{from} -> {to} {packet}");
     assert_eq!(e.allowed, flow.verdict == Verdict::Forwarded, "{case}");
     // Both ends' rules are on the record: the source is never isolated here,
@@ -150,7 +152,7 @@ fn explain_like_the_record(lab: &Lab, flow: &Flow) -> Explanation {
         assert!(datapath.agrees, "{case} {direction}: {datapath:?}");
         assert_eq!(datapath.rule, d.engine.rule(), "{case} {direction}");
     }
-    let text = lumen_policy(&["explain", &from, &to, &packet]);
+    let text = lumen_policy(&name, &["explain", &from, &to, &packet]);
     assert_eq!(
         text.matches("datapath agrees: yes").count(),
         2,
@@ -371,15 +373,18 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
     ));
     let allow = explain_like_the_record(lab, allowed_flow);
     assert!(allow.allowed);
-    let text = lumen_policy(&["explain", "default/pod-1-2", "default/pod-2-1", "80/tcp"]);
+    let text = lumen_policy(
+        LAB,
+        &["explain", "default/pod-1-2", "default/pod-2-1", "80/tcp"],
+    );
     assert!(
         text.contains("DENIED") && text.contains("default deny of default/web-deny-all"),
         "{text}"
     );
 
     // `lumen policy for` shows the isolating policy and the allowing rule.
-    let for_21: PodPolicies =
-        serde_json::from_value(policy_json(&["for", "default/pod-2-1"])).expect("pod policies");
+    let for_21: PodPolicies = serde_json::from_value(policy_json(LAB, &["for", "default/pod-2-1"]))
+        .expect("pod policies");
     assert_eq!((for_21.node.as_str(), for_21.local), ("node-2", true));
     assert!(for_21.ingress.isolated && !for_21.egress.isolated);
     let deny = for_21.ingress.default_deny.as_ref().expect("default deny");
@@ -409,7 +414,7 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
             vec!["TCP/80".to_owned(), "UDP/80".into(), "SCTP/80".into()]
         )]
     );
-    let text = lumen_policy(&["for", "default/pod-2-1"]);
+    let text = lumen_policy(LAB, &["for", "default/pod-2-1"]);
     assert!(
         text.contains("Ingress: isolated, default deny of default/web-deny-all")
             && text.contains("allow default/web-from-11 ingress[0]")
@@ -468,7 +473,8 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
     );
     // `lumen policy list` shows the refusal and its reason, and the old
     // version still in force.
-    let list: PolicyList = serde_json::from_value(policy_json(&["list"])).expect("policy list");
+    let list: PolicyList =
+        serde_json::from_value(policy_json(LAB, &["list"])).expect("policy list");
     let refused = list
         .rejected
         .iter()
@@ -495,7 +501,7 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
             ("web-from-11", vec![PolicyType::Ingress], 1, true),
         ]
     );
-    let text = lumen_policy(&["list"]);
+    let text = lumen_policy(LAB, &["list"]);
     assert!(
         text.contains("Refused:")
             && text.contains(&format!("default/web-from-11: {}", refused.reason)),
@@ -509,6 +515,217 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
     eventually("pod-1-2 reaches pod-2-1 again", || {
         reaches(lab, "pod-1-2", "pod-2-1", Proto::Tcp, 80)
     });
-    assert_eq!(lumen_policy(&["list"]), "No NetworkPolicy in force.\n");
+    assert_eq!(lumen_policy(LAB, &["list"]), "No NetworkPolicy in force.\n");
+    drop(guard);
+}
+
+const LAB_EGRESS: &str = "t-policy-eg";
+
+const EGRESS_ONLY_80: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress-80, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: pod-1-1}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - podSelector: {}
+    ports:
+    - {protocol: TCP, port: 80}
+";
+
+const FROM_TRUSTED_NAMESPACES: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-trusted-ns, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: pod-2-2}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {trust: high}}
+";
+
+/// A drop by an egress policy is attributed the same way by the flow record,
+/// the IPFIX record, `lumen policy explain` and a trace; a namespace's labels
+/// changing at run time changes what a namespaceSelector admits.
+#[test]
+fn egress_drop_attributed_and_namespace_relabel_followed() {
+    if !harness::require_root("egress_drop_attributed_and_namespace_relabel_followed") {
+        return;
+    }
+    let collector_url = format!("--ipfix-collector=udp://{COLLECTOR}");
+    let guard = harness::lab_with(
+        LAB_EGRESS,
+        2,
+        2,
+        &[
+            "--idle-timeout=1s",
+            "--flow-drain-interval=250ms",
+            &collector_url,
+            "--ipfix-template-refresh=1s",
+        ],
+    );
+    let lab = guard.lab();
+    let manifests = lab.state().manifests_dir();
+    let collector = Collector::listen(&lumen_lab::netio::netns::path_for(
+        &lab.state().underlay.netns,
+    ));
+
+    // pod-1-1 may open TCP 80 only: 81 is dropped at its own node, by the
+    // default deny of the policy that isolates it for egress.
+    write_policy(&manifests, "egress", EGRESS_ONLY_80);
+    eventually("pod-1-1 loses TCP 81 to pod-2-1", || {
+        !reaches(lab, "pod-1-1", "pod-2-1", Proto::Tcp, 81)
+    });
+    assert!(reaches(lab, "pod-1-1", "pod-2-1", Proto::Tcp, 80));
+    assert!(
+        !reaches(lab, "pod-1-1", "pod-2-1", Proto::Udp, 80),
+        "UDP not admitted"
+    );
+    assert!(
+        reaches(lab, "pod-1-2", "pod-2-1", Proto::Tcp, 81),
+        "others unaffected"
+    );
+
+    let node1 = lab.node("node-1").expect("node-1").socket.clone();
+    let denied = harness::wait_flows(
+        &node1,
+        "verdict=DROPPED&from_pod=default/pod-1-1&port=81&protocol=tcp",
+        Duration::from_secs(10),
+        |fs| !fs.is_empty(),
+    );
+    let flow = denied.first().expect("a dropped flow from pod-1-1 on 81");
+    let policy = flow.egress_policy.as_ref().expect("egress policy named");
+    assert_eq!(
+        (
+            policy.namespace.as_str(),
+            policy.name.as_str(),
+            policy.rule.as_str(),
+            policy.action
+        ),
+        ("default", "client-egress-80", "", RuleAction::Drop)
+    );
+    assert!(flow.ingress_policy.is_none(), "pod-2-1 is not isolated");
+    let allowed = harness::wait_flows(
+        &node1,
+        "verdict=FORWARDED&from_pod=default/pod-1-1&port=80&protocol=tcp",
+        Duration::from_secs(10),
+        |fs| fs.iter().any(|f| f.egress_policy.is_some()),
+    );
+    let rule = allowed
+        .iter()
+        .find_map(|f| f.egress_policy.clone())
+        .expect("allowing egress rule named");
+    assert_eq!(
+        (rule.name.as_str(), rule.rule.as_str(), rule.action),
+        ("client-egress-80", "egress[0]", RuleAction::Allow)
+    );
+
+    // IPFIX, decoded by PyPI ipfix: Antrea's egress policy IEs. Records sent
+    // before the collector had a template cannot be decoded: once it has one
+    // (the allowed flows' records decode), one more denied connection.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while collector.decoded().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!reaches(lab, "pod-1-1", "pod-2-1", Proto::Tcp, 81));
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let is_drop = |r: &serde_json::Value| {
+        r["sourcePodName"] == "pod-1-1"
+            && r["destinationTransportPort"] == 81
+            && r["protocolIdentifier"] == 6
+            && r["lumenVerdict"] == 2
+    };
+    while Instant::now() < deadline {
+        records = collector.decoded();
+        if records.iter().any(is_drop) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ipfix = records
+        .iter()
+        .find(|r| is_drop(r))
+        .unwrap_or_else(|| {
+            let seen: Vec<String> = records
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} -> {}:{} proto {} verdict {}",
+                        r["sourcePodName"],
+                        r["destinationPodName"],
+                        r["destinationTransportPort"],
+                        r["protocolIdentifier"],
+                        r["lumenVerdict"]
+                    )
+                })
+                .collect();
+            panic!("no IPFIX record of the egress drop in {seen:#?}")
+        });
+    assert_eq!(ipfix["egressNetworkPolicyName"], "client-egress-80");
+    assert_eq!(ipfix["egressNetworkPolicyNamespace"], "default");
+    assert_eq!(ipfix["egressNetworkPolicyRuleName"], "");
+    assert_eq!(ipfix["egressNetworkPolicyRuleAction"], 2, "drop");
+    assert_eq!(ipfix["egressNetworkPolicyType"], 1, "K8s NetworkPolicy");
+    assert_eq!(ipfix["lumenDropReason"], 1, "policy");
+
+    // explain: the same default deny, decided at node-1, and the datapath agrees.
+    let e = explain_like_the_record(lab, flow);
+    assert!(matches!(
+        e.egress.engine,
+        lumen_api::policy::EngineVerdict::DefaultDeny { .. }
+    ));
+    let text = lumen_policy(
+        LAB_EGRESS,
+        &["explain", "default/pod-1-1", "default/pod-2-1", "81/tcp"],
+    );
+    assert!(
+        text.contains("DENIED") && text.contains("default deny of default/client-egress-80"),
+        "{text}"
+    );
+
+    // A trace of the same packet stops at node-1's policy egress, naming it.
+    let out = harness::lumen(&[
+        "trace", "--lab", LAB_EGRESS, "pod-1-1", "pod-2-1", "--dport", "81", "-o", "json",
+    ]);
+    let result: lumen_api::trace::TraceResult =
+        serde_json::from_slice(&out.stdout).expect("trace result");
+    let last = result.hops.last().expect("hops");
+    assert_eq!(
+        (last.node.as_str(), last.point, last.action),
+        (
+            "node-1",
+            lumen_api::trace::TracePoint::PolicyEgress,
+            lumen_api::trace::HopAction::Dropped
+        )
+    );
+    assert_eq!(
+        last.policy.as_ref(),
+        Some(policy),
+        "the same policy and rule"
+    );
+
+    // A namespaceSelector follows the namespace's labels as they change.
+    write_policy(&manifests, "trusted-ns", FROM_TRUSTED_NAMESPACES);
+    eventually("pod-1-2 is cut off from pod-2-2", || {
+        !reaches(lab, "pod-1-2", "pod-2-2", Proto::Tcp, 80)
+    });
+    let mut relabel = Lab::open(LAB_EGRESS, lab.state_root()).expect("the lab's state");
+    let high = std::collections::BTreeMap::from([("trust".to_owned(), "high".to_owned())]);
+    relabel
+        .set_namespace_labels("default", high)
+        .expect("label the namespace");
+    eventually(
+        "pod-1-2 reaches pod-2-2 once its namespace is trusted",
+        || reaches(lab, "pod-1-2", "pod-2-2", Proto::Tcp, 80),
+    );
+    relabel
+        .set_namespace_labels("default", std::collections::BTreeMap::new())
+        .expect("unlabel the namespace");
+    eventually("pod-1-2 is cut off again", || {
+        !reaches(lab, "pod-1-2", "pod-2-2", Proto::Tcp, 80)
+    });
     drop(guard);
 }
