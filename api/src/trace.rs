@@ -309,6 +309,25 @@ pub struct Hop {
 }
 
 impl Hop {
+    /// A bare hop: nothing but where, what and when (`Hop { field, ..Hop::at(…) }`
+    /// in tests).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn at(node: &str, point: TracePoint, action: HopAction, timestamp_ns: u64) -> Self {
+        Self {
+            node: node.to_owned(),
+            point,
+            action,
+            reason: None,
+            policy: None,
+            tunnel: None,
+            translated_source: None,
+            ifindex: 0,
+            interface: String::new(),
+            timestamp_ns,
+            latency_ns: 0,
+        }
+    }
+
     /// Whether the path ends here: delivered, dropped, or leaving the cluster
     /// at the masquerade point (translated or not).
     pub fn is_final(&self) -> bool {

@@ -77,6 +77,28 @@ impl Collector {
 }
 const LAB: &str = "t-policy";
 
+/// A 2 x 2 lab whose agents end idle flows after 1 s and export them to the
+/// test's own collector on the underlay.
+fn exporting_lab(name: &str) -> (lumen_lab::LabGuard, Collector) {
+    let collector_url = format!("--ipfix-collector=udp://{COLLECTOR}");
+    let guard = harness::lab_with(
+        name,
+        2,
+        2,
+        &[
+            "--idle-timeout=1s",
+            "--flow-drain-interval=250ms",
+            &collector_url,
+            // The collector binds after the agents started: templates again soon.
+            "--ipfix-template-refresh=1s",
+        ],
+    );
+    let collector = Collector::listen(&lumen_lab::netio::netns::path_for(
+        &guard.lab().state().underlay.netns,
+    ));
+    (guard, collector)
+}
+
 /// Whether `from` reaches `to` on `port`/`proto` (a reply came back).
 fn reaches(lab: &Lab, from: &str, to: &str, proto: Proto, port: u16) -> bool {
     let ns = lumen_lab::netio::netns::path_for(&lab.netns_of(from).expect("netns"));
@@ -201,24 +223,9 @@ fn policy_enforced_attributed_and_changed_at_run_time() {
     if !harness::require_root("policy_enforced_attributed_and_changed_at_run_time") {
         return;
     }
-    let collector_url = format!("--ipfix-collector=udp://{COLLECTOR}");
-    let guard = harness::lab_with(
-        LAB,
-        2,
-        2,
-        &[
-            "--idle-timeout=1s",
-            "--flow-drain-interval=250ms",
-            &collector_url,
-            // The collector binds after the agents started: templates again soon.
-            "--ipfix-template-refresh=1s",
-        ],
-    );
+    let (guard, collector) = exporting_lab(LAB);
     let lab = guard.lab();
     let manifests = lab.state().manifests_dir();
-    let collector = Collector::listen(&lumen_lab::netio::netns::path_for(
-        &lab.state().underlay.netns,
-    ));
     let protos = [Proto::Tcp, Proto::Udp, Proto::Sctp];
 
     // Before any policy everything reaches pod-2-1.
@@ -554,23 +561,9 @@ fn egress_drop_attributed_and_namespace_relabel_followed() {
     if !harness::require_root("egress_drop_attributed_and_namespace_relabel_followed") {
         return;
     }
-    let collector_url = format!("--ipfix-collector=udp://{COLLECTOR}");
-    let guard = harness::lab_with(
-        LAB_EGRESS,
-        2,
-        2,
-        &[
-            "--idle-timeout=1s",
-            "--flow-drain-interval=250ms",
-            &collector_url,
-            "--ipfix-template-refresh=1s",
-        ],
-    );
+    let (guard, collector) = exporting_lab(LAB_EGRESS);
     let lab = guard.lab();
     let manifests = lab.state().manifests_dir();
-    let collector = Collector::listen(&lumen_lab::netio::netns::path_for(
-        &lab.state().underlay.netns,
-    ));
 
     // pod-1-1 may open TCP 80 only: 81 is dropped at its own node, by the
     // default deny of the policy that isolates it for egress.
@@ -645,25 +638,22 @@ fn egress_drop_attributed_and_namespace_relabel_followed() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let ipfix = records
-        .iter()
-        .find(|r| is_drop(r))
-        .unwrap_or_else(|| {
-            let seen: Vec<String> = records
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{} -> {}:{} proto {} verdict {}",
-                        r["sourcePodName"],
-                        r["destinationPodName"],
-                        r["destinationTransportPort"],
-                        r["protocolIdentifier"],
-                        r["lumenVerdict"]
-                    )
-                })
-                .collect();
-            panic!("no IPFIX record of the egress drop in {seen:#?}")
-        });
+    let ipfix = records.iter().find(|r| is_drop(r)).unwrap_or_else(|| {
+        let seen: Vec<String> = records
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} -> {}:{} proto {} verdict {}",
+                    r["sourcePodName"],
+                    r["destinationPodName"],
+                    r["destinationTransportPort"],
+                    r["protocolIdentifier"],
+                    r["lumenVerdict"]
+                )
+            })
+            .collect();
+        panic!("no IPFIX record of the egress drop in {seen:#?}")
+    });
     assert_eq!(ipfix["egressNetworkPolicyName"], "client-egress-80");
     assert_eq!(ipfix["egressNetworkPolicyNamespace"], "default");
     assert_eq!(ipfix["egressNetworkPolicyRuleName"], "");

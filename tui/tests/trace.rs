@@ -148,19 +148,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn hop(node: &str, point: TracePoint, action: HopAction, ts: u64) -> Hop {
-    Hop {
-        node: node.into(),
-        point,
-        action,
-        reason: None,
-        policy: None,
-        tunnel: None,
-        translated_source: None,
-        ifindex: 0,
-        interface: String::new(),
-        timestamp_ns: T0 + ts,
-        latency_ns: 0,
-    }
+    Hop::at(node, point, action, T0 + ts)
 }
 
 const PACKET: TracedPacket = TracedPacket {

@@ -359,19 +359,7 @@ mod tests {
     use crate::trace::TunnelInfo;
 
     fn hop(node: &str, point: TracePoint, action: HopAction, ts: u64) -> Hop {
-        Hop {
-            node: node.into(),
-            point,
-            action,
-            reason: None,
-            policy: None,
-            tunnel: None,
-            translated_source: None,
-            ifindex: 1,
-            interface: String::new(),
-            timestamp_ns: ts,
-            latency_ns: 0,
-        }
+        Hop::at(node, point, action, ts)
     }
 
     fn tunnel(local: [u8; 4], remote: [u8; 4]) -> Option<TunnelInfo> {

@@ -37,19 +37,7 @@ fn packet(source: [u8; 4], destination: [u8; 4], dport: u16) -> TracedPacket {
 
 /// A hop `after` ns after the previous one (the first: at T0).
 fn hop(node: &str, point: TracePoint, action: HopAction, after: u64) -> Hop {
-    Hop {
-        node: node.into(),
-        point,
-        action,
-        reason: None,
-        policy: None,
-        tunnel: None,
-        translated_source: None,
-        ifindex: 0,
-        interface: String::new(),
-        timestamp_ns: after,
-        latency_ns: 0,
-    }
+    Hop::at(node, point, action, after)
 }
 
 fn on(mut hop: Hop, interface: &str, ifindex: u32) -> Hop {
