@@ -502,7 +502,9 @@ impl IntoResponse for TraceError {
             | Self::UnknownNode(_)
             | Self::UnknownTrace(_) => StatusCode::NOT_FOUND,
             Self::NoPodIp(_) | Self::LiveBusy { .. } => StatusCode::CONFLICT,
-            Self::Map(_) | Self::Inject(_) | Self::Poisoned => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Map(_) | Self::Datapath(_) | Self::Inject(_) | Self::Poisoned => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         let mut message = self.to_string();
         let mut source = std::error::Error::source(&self);

@@ -110,6 +110,18 @@ pub fn probe(lab: &str, from: &str, to: &str, spec: &str) -> ProbeReport {
     })
 }
 
+/// Every node agent of `lab`, as `lumen_api::trace::orchestrate::run` takes them
+/// (any node may see a traced packet).
+pub fn trace_agents(lab: &lumen_lab::Lab) -> Vec<lumen_api::trace::orchestrate::NodeAgent> {
+    lab.nodes()
+        .iter()
+        .map(|n| lumen_api::trace::orchestrate::NodeAgent {
+            node: n.name.clone(),
+            socket: n.socket.clone(),
+        })
+        .collect()
+}
+
 /// `GET PATH` from the agent at `socket`: the body of a 200 answer.
 pub fn get_text(socket: &Path, path: &str) -> String {
     use std::io::{Read, Write};

@@ -70,7 +70,7 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         pods: u32,
     },
-    /// Run a benchmark: datapath, cni or bpf.
+    /// Run a benchmark: datapath, cni, bpf, export, memory, metrics, policy, policy-tax or trace.
     Bench {
         name: String,
         #[arg(trailing_var_arg = true)]

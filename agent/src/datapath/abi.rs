@@ -195,13 +195,19 @@ pub const EVENT_DROP: u32 = 2;
 impl FlowEvent {
     /// Read a record from ring-buffer bytes; `None` if it is too short.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < std::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: the length is checked, `FlowEvent` is plain `repr(C)` data for
-        // which every bit pattern is valid, and `read_unaligned` needs no alignment.
-        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+        record(bytes)
     }
+}
+
+/// A ring-buffer record of plain `repr(C)` data (every bit pattern valid, as
+/// the layout test holds for each): `None` if `bytes` is too short.
+fn record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked, `T: Pod` is plain data for which every bit
+    // pattern is valid, and `read_unaligned` needs no alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 /// `struct traffic`: packets and bytes.
@@ -251,12 +257,7 @@ pub struct TraceEvent {
 impl TraceEvent {
     /// Read a record from ring-buffer bytes; `None` if it is too short.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < std::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: the length is checked, `TraceEvent` is plain `repr(C)` data for
-        // which every bit pattern is valid, and `read_unaligned` needs no alignment.
-        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+        record(bytes)
     }
 }
 
@@ -309,6 +310,10 @@ unsafe impl aya::Pod for PolicyRule {}
 unsafe impl aya::Pod for PeerKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for TraceKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TraceEvent {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowEvent {}
 // SAFETY: as above.
 unsafe impl aya::Pod for LiveTrace {}
 

@@ -59,6 +59,8 @@ pub enum TraceError {
     UnknownTrace(String),
     #[error("the datapath refused the trace")]
     Map(#[source] aya::maps::MapError),
+    #[error("switching live tracing on in the datapath failed")]
+    Datapath(#[source] crate::datapath::DatapathError),
     #[error(transparent)]
     Inject(#[from] InjectError),
     #[error("the trace state is poisoned")]
@@ -347,12 +349,24 @@ impl Tracer {
         let state = self.cluster.borrow();
         match destination {
             TraceDestination::Ip(ip) => Ok(*ip),
-            TraceDestination::Pod(p) => state
-                .pods
-                .get(&(p.namespace.clone(), p.name.clone()))
-                .ok_or_else(|| TraceError::UnknownPod(p.to_string()))?
-                .ip
-                .ok_or_else(|| TraceError::NoPodIp(p.to_string())),
+            TraceDestination::Pod(p) => {
+                let known = state.pods.get(&(p.namespace.clone(), p.name.clone()));
+                // A pod of this node is known as soon as it is attached, before
+                // the cluster state has its address.
+                let local = self.node.endpoints.lock().ok().and_then(|eps| {
+                    eps.values()
+                        .find(|e| {
+                            e.namespace.as_deref() == Some(p.namespace.as_str())
+                                && e.pod.as_deref() == Some(p.name.as_str())
+                        })
+                        .map(|e| e.ip)
+                });
+                match (known.and_then(|k| k.ip).or(local), known) {
+                    (Some(ip), _) => Ok(ip),
+                    (None, Some(_)) => Err(TraceError::NoPodIp(p.to_string())),
+                    (None, None) => Err(TraceError::UnknownPod(p.to_string())),
+                }
+            }
             TraceDestination::Node(n) => state
                 .nodes
                 .get(n)
@@ -435,7 +449,7 @@ impl Tracer {
             .lock()
             .map_err(|_| TraceError::Poisoned)?
             .set_live_tracing(true)
-            .map_err(|_| TraceError::Poisoned)
+            .map_err(TraceError::Datapath)
     }
 
     fn disarm(&self, pod: Ipv4Addr) {

@@ -66,9 +66,12 @@ pub fn run(
     let outcome = follow_packets(agents, source, &result.id, trace.packets, request, deadline);
     match outcome {
         Ok((packet, hops)) => finish_path(&mut result, packet, hops),
-        Err(reason) => {
+        Err(failed) => {
+            // What was seen still says where the packet got to.
             result.phase = TracePhase::Failed;
-            result.reason = Some(reason);
+            result.reason = Some(failed.reason);
+            result.packet = failed.packet.or(result.packet);
+            result.hops = failed.hops;
         }
     }
     // The source ends the trace (disarms it, counts it); a failure here loses
@@ -83,6 +86,24 @@ pub fn run(
     Ok(result)
 }
 
+/// Why no packet has a complete path, with what was seen of the last one.
+#[derive(Debug)]
+struct Incomplete {
+    reason: String,
+    packet: Option<TracedPacket>,
+    hops: Vec<Hop>,
+}
+
+impl Incomplete {
+    fn because(reason: String) -> Self {
+        Self {
+            reason,
+            packet: None,
+            hops: Vec::new(),
+        }
+    }
+}
+
 /// Follow each packet the source marks until one has a complete path (the
 /// first one, or with `dropped_only` the first that was dropped). Returns the
 /// packet and its hops, or why there is none.
@@ -93,10 +114,11 @@ fn follow_packets(
     mut packets: Vec<TracedPacket>,
     request: &TraceRequest,
     deadline: Instant,
-) -> Result<(TracedPacket, Vec<Hop>), String> {
+) -> Result<(TracedPacket, Vec<Hop>), Incomplete> {
     let mut next = 0;
     let mut incomplete = None;
     let mut errors: Vec<String> = Vec::new();
+    let mut partial: Vec<Hop> = Vec::new();
     loop {
         while next < packets.len() {
             let packet = packets[next];
@@ -110,9 +132,10 @@ fn follow_packets(
                         return Ok((packet, hops));
                     }
                 }
-                Err(e) => {
+                Err((e, hops)) => {
                     incomplete = Some(packet);
                     errors = e;
+                    partial = hops;
                 }
             }
         }
@@ -123,7 +146,7 @@ fn follow_packets(
             } else {
                 format!(" ({})", errors.join("; "))
             };
-            return Err(match incomplete {
+            let reason = match incomplete {
                 Some(p) => format!(
                     "the path of {p} did not end within {} ms{seen}",
                     request.timeout_ms
@@ -136,6 +159,11 @@ fn follow_packets(
                     request.timeout_ms,
                     packets.len()
                 ),
+            };
+            return Err(Incomplete {
+                reason,
+                packet: incomplete,
+                hops: partial,
             });
         }
         let wait = TraceWait {
@@ -146,25 +174,31 @@ fn follow_packets(
         match client.get::<SourceTrace>(&paths::trace_wait(id, &wait)) {
             Ok(t) => {
                 if t.result.phase == TracePhase::Failed {
-                    return Err(t
-                        .result
-                        .reason
-                        .unwrap_or_else(|| "the source failed".into()));
+                    return Err(Incomplete::because(
+                        t.result
+                            .reason
+                            .unwrap_or_else(|| "the source failed".into()),
+                    ));
                 }
                 packets = t.packets;
             }
-            Err(e) => return Err(format!("the source agent stopped answering: {e}")),
+            Err(e) => {
+                return Err(Incomplete::because(format!(
+                    "the source agent stopped answering: {e}"
+                )));
+            }
         }
     }
 }
 
-/// Every node's hops of `packet`, once one node has the path's end; `None` if
-/// the deadline comes first.
+/// Every node's hops of `packet`, once one node has the path's end and the
+/// chain before it is whole (a node may file its hops after the next node
+/// filed its own); on the deadline, why not and the hops seen so far.
 fn follow(
     agents: &[NodeAgent],
     packet: TracedPacket,
     deadline: Instant,
-) -> Result<Vec<Hop>, Vec<String>> {
+) -> Result<Vec<Hop>, (Vec<String>, Vec<Hop>)> {
     let (tx, rx) = mpsc::channel::<Result<NodeHops, String>>();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for agent in agents {
@@ -174,47 +208,56 @@ fn follow(
     drop(tx);
     let mut seen: Vec<NodeHops> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
-    let mut ended = false;
-    while let Ok(update) = rx.recv() {
-        let update = match update {
-            Ok(u) => u,
-            Err(e) => {
-                if !errors.contains(&e) {
-                    errors.push(e);
-                }
-                continue;
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        // Once the end is known, wait a little for the rest of the chain.
+        let update = match ended_at {
+            None => rx.recv().map_err(|_| ()),
+            Some(t) => {
+                let left = (t + CHAIN_GRACE).saturating_duration_since(Instant::now());
+                rx.recv_timeout(left).map_err(|_| ())
             }
         };
-        ended |= update.hops.iter().any(|h| h.is_final());
-        match seen.iter_mut().find(|s| s.node == update.node) {
-            Some(s) => *s = update,
-            None => seen.push(update),
+        let Ok(update) = update else { break };
+        match update {
+            Ok(u) => match seen.iter_mut().find(|s| s.node == u.node) {
+                Some(s) => *s = u,
+                None => seen.push(u),
+            },
+            Err(e) if !errors.contains(&e) => errors.push(e),
+            Err(_) => {}
         }
-        if ended {
+        if ended_at.is_none() && seen.iter().flat_map(|n| &n.hops).any(Hop::is_final) {
+            ended_at = Some(Instant::now());
+        }
+        if ended_at.is_some() && chain_complete(&seen) {
             break;
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    if !ended {
-        return Err(errors);
+    let hops = assemble(seen);
+    if ended_at.is_none() {
+        return Err((errors, hops));
     }
-    // A node may not have read its last hops yet: ask every node once more.
-    for agent in agents {
-        let client = Client::new(&agent.socket, SLACK);
-        let query = HopsQuery {
-            packet,
-            after: 0,
-            wait_ms: 0,
-        };
-        if let Ok(now) = client.post::<_, NodeHops>(paths::TRACE_HOPS, &query) {
-            match seen.iter_mut().find(|s| s.node == now.node) {
-                Some(s) if now.hops.len() >= s.hops.len() => *s = now,
-                Some(_) => {}
-                None => seen.push(now),
-            }
-        }
-    }
-    Ok(assemble(seen))
+    Ok(hops)
+}
+
+/// How long to wait, after the path's end is seen, for the nodes before it.
+const CHAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether the hops seen hold the whole path: the source's first hop, and for
+/// every tunnelled hop the next node's reception.
+fn chain_complete(nodes: &[NodeHops]) -> bool {
+    let hops = || nodes.iter().flat_map(|n| &n.hops);
+    hops().any(|h| h.point == TracePoint::FromPod)
+        && hops()
+            .filter(|h| h.action == HopAction::Tunnelled)
+            .filter_map(|h| h.tunnel)
+            .all(|t| {
+                hops().any(|h| {
+                    h.point == TracePoint::FromOverlay && h.tunnel.is_some_and(|r| r.local == t.remote)
+                })
+            })
 }
 
 /// Long-poll one node, sending every change, until the deadline or `stop`.
@@ -368,6 +411,32 @@ mod tests {
             remote: Ipv4Addr::from(remote),
             vni: 0x80_0101,
         })
+    }
+
+    #[test]
+    fn a_chain_is_complete_once_every_tunnelled_hop_was_received() {
+        let mut out = hop("n1", TracePoint::ToOverlay, HopAction::Tunnelled, 2);
+        out.tunnel = tunnel([192, 0, 2, 11], [192, 0, 2, 12]);
+        let mut into = hop("n2", TracePoint::FromOverlay, HopAction::Received, 3);
+        into.tunnel = tunnel([192, 0, 2, 12], [192, 0, 2, 11]);
+        let end = hop("n2", TracePoint::ToPod, HopAction::Delivered, 4);
+        let node = |n: &str, hops: Vec<Hop>| NodeHops {
+            node: n.into(),
+            hops,
+        };
+        let from_pod = hop("n1", TracePoint::FromPod, HopAction::Received, 1);
+        // The end seen before node-1 filed anything: not yet.
+        assert!(!chain_complete(&[node("n2", vec![into.clone(), end.clone()])]));
+        // node-1's first hop only: the tunnelled one is missing, but nothing says
+        // so; the reception on n2 without its sender is not enough either.
+        assert!(chain_complete(&[
+            node("n1", vec![from_pod.clone(), out.clone()]),
+            node("n2", vec![into, end.clone()]),
+        ]));
+        assert!(!chain_complete(&[
+            node("n1", vec![from_pod, out]),
+            node("n2", vec![end]),
+        ]));
     }
 
     #[test]

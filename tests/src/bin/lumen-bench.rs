@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use lumen_tests::bench::{bpf, cni, datapath, export, memory, metrics, policy, rr};
+use lumen_tests::bench::{
+    bpf, cni, datapath, export, memory, metrics, policy, policy_tax, rr, trace,
+};
 
 #[global_allocator]
 static ALLOC: lumen_tests::bench::alloc::Counting = lumen_tests::bench::alloc::Counting;
@@ -86,6 +88,29 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Traceflow time to result: injected inter-node traces one at a time and many
+    /// at once, vs a TCP connect + echo round trip between the same two pods.
+    Trace {
+        /// Traces (and baseline probes) one at a time.
+        #[arg(long, default_value_t = 200)]
+        traces: usize,
+        /// Traces (and probes) in flight at once in the concurrent phase.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Rounds of the concurrent phase.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// NetworkPolicy's cost per packet: TCP RR between two pods with 10,000
+    /// rules in the datapath vs none, in the same run.
+    PolicyTax {
+        #[arg(long, default_value_t = 10_000)]
+        rules: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// RR echo server inside a namespace (used by `datapath`).
     #[command(hide = true)]
     RrServer {
@@ -153,6 +178,24 @@ fn run(args: Args) -> Result<()> {
         }),
         Bench::Bpf { runs, repeat } => bpf::run(bpf::Options { runs, repeat }),
         Bench::Export { records, runs } => export::run(export::Options { records, runs }),
+        Bench::Trace {
+            traces,
+            concurrency,
+            rounds,
+        } => trace::run(trace::Options {
+            traces,
+            concurrency,
+            rounds,
+        }),
+        Bench::PolicyTax {
+            rules,
+            runs,
+            seconds,
+        } => policy_tax::run(policy_tax::Options {
+            rules,
+            runs,
+            seconds,
+        }),
         Bench::RrServer { netns, port } => rr::serve(&netns, port),
         Bench::RrClient {
             netns,
