@@ -174,3 +174,21 @@ fn wait_enforced(log: &Path, endpoints: usize) -> Result<()> {
         log.display()
     )
 }
+
+/// `text` without ANSI colour sequences (the agent's log colours its fields).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
