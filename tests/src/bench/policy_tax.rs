@@ -160,7 +160,7 @@ fn wait_enforced(log: &Path, endpoints: usize) -> Result<()> {
     let want = format!("isolated_endpoints={endpoints}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let text = plain(&std::fs::read_to_string(log).unwrap_or_default());
         if text
             .lines()
             .any(|l| l.contains("policy enforced") && l.contains(&want))
