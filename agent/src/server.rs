@@ -434,63 +434,6 @@ fn snapshot(state: &AppState) -> Snapshot {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use lumen_api::policy::PodRef;
-
-    use super::*;
-
-    async fn answer(e: QueryError) -> (StatusCode, serde_json::Value) {
-        let response = e.into_response();
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
-            .await
-            .expect("body");
-        (status, serde_json::from_slice(&body).expect("JSON body"))
-    }
-
-    #[tokio::test]
-    async fn policy_questions_fail_with_a_status_and_a_json_error() {
-        let bad = ExplainRequest::try_from(&ExplainQuery {
-            from: Some("10.0.0".into()),
-            to_pod: Some("x/b".into()),
-            port: Some("80".into()),
-            ..ExplainQuery::default()
-        })
-        .expect_err("bad address");
-        let (status, body) = answer(bad.into()).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(
-            body["error"],
-            "from: \"10.0.0\" is not a valid IPv4 address"
-        );
-
-        let missing = ForQuery::default().pod().expect_err("no pod");
-        assert_eq!(answer(missing.into()).await.0, StatusCode::BAD_REQUEST);
-
-        let unknown = ReportError::UnknownPod {
-            pod: PodRef {
-                namespace: "x".into(),
-                name: "zz".into(),
-            },
-        };
-        let (status, body) = answer(unknown.into()).await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(body["error"], "no pod x/zz with an address");
-
-        let broken = ReportError::Datapath(crate::datapath::DatapathError::Lookup {
-            name: "ep_policy",
-            source: aya::maps::MapError::KeyNotFound,
-        });
-        let (status, body) = answer(broken.into()).await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(
-            body["error"],
-            "the datapath's policy maps could not be read: reading BPF map ep_policy failed: key not found"
-        );
-    }
-}
-
 // === traces ===
 
 impl IntoResponse for TraceError {
@@ -592,4 +535,61 @@ async fn trace_hops(
         hops,
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use lumen_api::policy::PodRef;
+
+    use super::*;
+
+    async fn answer(e: QueryError) -> (StatusCode, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&body).expect("JSON body"))
+    }
+
+    #[tokio::test]
+    async fn policy_questions_fail_with_a_status_and_a_json_error() {
+        let bad = ExplainRequest::try_from(&ExplainQuery {
+            from: Some("10.0.0".into()),
+            to_pod: Some("x/b".into()),
+            port: Some("80".into()),
+            ..ExplainQuery::default()
+        })
+        .expect_err("bad address");
+        let (status, body) = answer(bad.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["error"],
+            "from: \"10.0.0\" is not a valid IPv4 address"
+        );
+
+        let missing = ForQuery::default().pod().expect_err("no pod");
+        assert_eq!(answer(missing.into()).await.0, StatusCode::BAD_REQUEST);
+
+        let unknown = ReportError::UnknownPod {
+            pod: PodRef {
+                namespace: "x".into(),
+                name: "zz".into(),
+            },
+        };
+        let (status, body) = answer(unknown.into()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "no pod x/zz with an address");
+
+        let broken = ReportError::Datapath(crate::datapath::DatapathError::Lookup {
+            name: "ep_policy",
+            source: aya::maps::MapError::KeyNotFound,
+        });
+        let (status, body) = answer(broken.into()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body["error"],
+            "the datapath's policy maps could not be read: reading BPF map ep_policy failed: key not found"
+        );
+    }
 }

@@ -176,9 +176,10 @@ fn policy_decides_each_flow_in_the_kernel() {
             deny_id,
             rules: vec![RuleEntry {
                 id: 5,
-                peers: vec![(Ipv4Cidr::new(POD_A, 32).expect("cidr"), true)],
+                peers: vec![(Ipv4Cidr::new(POD_A, 32).expect("cidr"), true)].into(),
                 ports: Some(vec![(6, 80, 80)]),
-            }],
+            }]
+            .into(),
         }),
         egress: None,
     };
@@ -204,7 +205,7 @@ fn policy_decides_each_flow_in_the_kernel() {
         ip: POD_B,
         ingress: Some(DirectionRules {
             deny_id: 11,
-            rules: vec![],
+            rules: vec![].into(),
         }),
         egress: None,
     }])
@@ -257,7 +258,7 @@ fn decide_reads_the_kernels_verdicts_back() {
                 rules: vec![
                     RuleEntry {
                         id: 5,
-                        peers: vec![(host(POD_A), true)],
+                        peers: vec![(host(POD_A), true)].into(),
                         ports: Some(vec![(6, 80, 80)]),
                     },
                     RuleEntry {
@@ -265,10 +266,12 @@ fn decide_reads_the_kernels_verdicts_back() {
                         peers: vec![
                             (cidr("10.244.0.0/16"), true),
                             (cidr("10.244.1.8/30"), false),
-                        ],
+                        ]
+                        .into(),
                         ports: Some(vec![(17, 53, 53), (6, 8000, 8100)]),
                     },
-                ],
+                ]
+                .into(),
             }),
             egress: None,
         },
@@ -280,15 +283,16 @@ fn decide_reads_the_kernels_verdicts_back() {
                 rules: vec![
                     RuleEntry {
                         id: 7,
-                        peers: vec![(host(POD_B), true)],
+                        peers: vec![(host(POD_B), true)].into(),
                         ports: Some(vec![(6, 80, 90), (6, 8000, 8100)]),
                     },
                     RuleEntry {
                         id: 8,
-                        peers: vec![(cidr("10.244.2.0/24"), true)],
+                        peers: vec![(cidr("10.244.2.0/24"), true)].into(),
                         ports: None,
                     },
-                ],
+                ]
+                .into(),
             }),
         },
     ])

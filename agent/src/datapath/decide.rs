@@ -180,11 +180,11 @@ mod tests {
     use super::*;
     use crate::cluster::ClusterState;
     use crate::cluster::manifest::parse_into;
-    use crate::datapath::policy::Layout;
+    use crate::datapath::policy::{Change, Installed};
     use crate::policy::enforce::local_rules;
     use crate::policy::{DirectionVerdict, PolicyEngine};
 
-    /// The maps as `Layout` fills them, with the kernel's LPM semantics.
+    /// The maps as a first `Change` fills them, with the kernel's LPM semantics.
     struct Maps {
         endpoints: HashMap<u32, EpPolicy>,
         rules: HashMap<u32, PolicyRule>,
@@ -192,11 +192,11 @@ mod tests {
     }
 
     impl Maps {
-        fn new(layout: Layout) -> Self {
+        fn new(change: Change) -> Self {
             Self {
-                endpoints: layout.endpoints.into_iter().collect(),
-                rules: layout.rules.into_iter().collect(),
-                peers: layout.peers,
+                endpoints: change.endpoints.into_iter().collect(),
+                rules: change.rules.into_iter().collect(),
+                peers: change.peers,
             }
         }
     }
@@ -258,9 +258,11 @@ mod tests {
     fn decides_as_the_engine_evaluates() {
         let compiled = PolicyEngine::compile(&state(&format!("{PODS}{POLICIES}")), None);
         assert!(compiled.rejected.is_empty(), "{:?}", compiled.rejected);
-        // Every pod is this node's, at the upper half as a second install would be.
-        let maps =
-            Maps::new(Layout::new(&local_rules(&compiled, |_| true), 32_768).expect("layout fits"));
+        // Every pod is this node's.
+        let (change, _) = Installed::default()
+            .plan(&local_rules(&compiled, |_| true))
+            .expect("layout fits");
+        let maps = Maps::new(change);
         let ips = [1, 2, 3].map(|n| Ipv4Addr::new(10, 0, 0, n));
         let outside = Ipv4Addr::new(10, 9, 9, 9);
         let mut denied = 0;
@@ -303,7 +305,10 @@ mod tests {
     #[test]
     fn an_endpoint_that_is_not_isolated_decides_nothing() {
         let compiled = PolicyEngine::compile(&state(PODS), None);
-        let maps = Maps::new(Layout::new(&local_rules(&compiled, |_| true), 0).expect("layout"));
+        let (change, _) = Installed::default()
+            .plan(&local_rules(&compiled, |_| true))
+            .expect("layout");
+        let maps = Maps::new(change);
         let d = policy_decide(
             &maps,
             Ipv4Addr::new(10, 0, 0, 1),

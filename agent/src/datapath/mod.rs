@@ -25,11 +25,11 @@ use lumen_api::Ipv4Cidr;
 
 use abi::{
     CFG_LIVE_TRACE, CFG_NO_FLOWS, CFG_POLICY, DpConfig, EndpointValue, EpPolicy, FlowKey,
-    FlowValue, LiveTrace, LpmV4Key, MAX_POLICY_RULES, PeerKey, PolicyRule, RemoteNode, TraceKey,
-    Traffic, be_addr, names,
+    FlowValue, LiveTrace, LpmV4Key, PeerKey, PolicyRule, RemoteNode, TraceKey, Traffic, be_addr,
+    names,
 };
 pub use decide::DatapathDecision;
-use policy::{EndpointRules, Layout, LayoutError};
+use policy::{EndpointRules, Installed, LayoutError};
 
 /// The compiled datapath, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
@@ -185,9 +185,10 @@ pub struct Datapath {
     ep_policy: HashMap<MapData, u32, EpPolicy>,
     policy_rules: aya::maps::Array<MapData, PolicyRule>,
     policy_peers: LpmTrie<MapData, PeerKey, u32>,
-    /// The policy in force and the half of the slots it uses.
-    policy: Layout,
-    policy_base: u32,
+    /// What the policy maps hold.
+    policy: Installed,
+    /// Policy map entries written or removed so far.
+    policy_writes: u64,
     /// The settings last written, to flip `CFG_POLICY` alone.
     config_value: DpConfig,
 }
@@ -250,8 +251,8 @@ impl Datapath {
             ep_policy: take_map(&mut ebpf, names::EP_POLICY)?,
             policy_rules: take_map(&mut ebpf, names::POLICY_RULES)?,
             policy_peers: take_map(&mut ebpf, names::POLICY_PEERS)?,
-            policy: Layout::default(),
-            policy_base: 0,
+            policy: Installed::default(),
+            policy_writes: 0,
             config_value: DpConfig::default(),
             flows: Some(FlowMaps {
                 table: take_map(&mut ebpf, names::FLOWS)?,
@@ -326,47 +327,53 @@ impl Datapath {
         Ok(())
     }
 
-    /// Enforce `endpoints`' compiled policy. The new rules go into the half of
-    /// the slots not in use, each endpoint then switches with one map update, and
-    /// the old half is cleared: no endpoint ever sees a mix. Flows keep their
-    /// verdicts until the flow pipeline resets them (`Flows::reevaluate`).
+    /// Enforce `endpoints`' compiled policy, writing only what differs from
+    /// the maps' contents: new rules go into free slots, each endpoint whose
+    /// rules changed then switches with one map update, and the rules no
+    /// endpoint uses any more are removed; no endpoint ever sees a mix. If a
+    /// write fails, what was written is undone and the previous policy stays.
+    /// Flows keep their verdicts until the flow pipeline resets them
+    /// (`Flows::reevaluate`).
     pub fn set_policy(&mut self, endpoints: &[EndpointRules]) -> Result<(), DatapathError> {
-        let base = if self.policy_base == 0 {
-            MAX_POLICY_RULES / 2
-        } else {
-            0
-        };
-        let layout = Layout::new(endpoints, base)?;
+        let (change, next) = self.policy.plan(endpoints)?;
+        let isolated = !endpoints.is_empty();
+        let flag_set = self.config_value.flags & CFG_POLICY != 0;
+        if change.is_empty() && isolated == flag_set {
+            return Ok(());
+        }
         let update = |name: &'static str| move |source| DatapathError::Update { name, source };
-        for (slot, rule) in &layout.rules {
+        // New runs, in slots no endpoint uses.
+        for (slot, rule) in &change.rules {
             self.policy_rules
                 .set(*slot, *rule, 0)
                 .map_err(update(names::POLICY_RULES))?;
         }
-        for (prefix, key, matches) in &layout.peers {
-            let key = aya::maps::lpm_trie::Key::new(*prefix, *key);
-            self.policy_peers
-                .insert(&key, *matches, 0)
-                .map_err(update(names::POLICY_PEERS))?;
-        }
-        for (ip, value) in &layout.endpoints {
-            self.ep_policy
-                .insert(*ip, *value, 0)
-                .map_err(update(names::EP_POLICY))?;
-        }
-        let isolated = !layout.endpoints.is_empty();
-        let old = std::mem::replace(&mut self.policy, layout);
-        self.policy_base = base;
-        for (ip, _) in &old.endpoints {
-            if !self.policy.endpoints.iter().any(|(new, _)| new == ip) {
-                let _ = self.ep_policy.remove(ip);
+        for (written, (prefix, key, matches)) in change.peers.iter().enumerate() {
+            let lpm = aya::maps::lpm_trie::Key::new(*prefix, *key);
+            if let Err(source) = self.policy_peers.insert(&lpm, *matches, 0) {
+                self.remove_peers(change.peers[..written].iter().map(|(p, k, _)| (*p, *k)));
+                return Err(update(names::POLICY_PEERS)(source));
             }
         }
-        for (prefix, key, _) in &old.peers {
-            let _ = self
-                .policy_peers
-                .remove(&aya::maps::lpm_trie::Key::new(*prefix, *key));
+        // The switch.
+        for (switched, (ip, value)) in change.endpoints.iter().enumerate() {
+            if let Err(source) = self.ep_policy.insert(*ip, *value, 0) {
+                for (ip, _) in &change.endpoints[..switched] {
+                    let _ = match self.policy.endpoint(*ip) {
+                        Some(old) => self.ep_policy.insert(*ip, old, 0),
+                        None => self.ep_policy.remove(ip),
+                    };
+                }
+                self.remove_peers(change.peers.iter().map(|(p, k, _)| (*p, *k)));
+                return Err(update(names::EP_POLICY)(source));
+            }
         }
+        for ip in &change.removed {
+            let _ = self.ep_policy.remove(ip);
+        }
+        self.policy = next;
+        self.policy_writes += change.entries() as u64;
+        self.remove_peers(change.stale_peers.iter().copied());
         // A new epoch makes every flow's verdict stale: each is decided again at
         // its next packet, so a connection a new policy denies is cut. (An entry
         // idle across exactly three changes would look current again; idle
@@ -379,6 +386,21 @@ impl Datapath {
             config.flags & !CFG_POLICY
         };
         self.write_config(config)
+    }
+
+    /// Policy map entries written or removed by the changes so far: what the
+    /// per-endpoint diffs cost.
+    pub fn policy_writes(&self) -> u64 {
+        self.policy_writes
+    }
+
+    /// Best effort: a prefix that is not there is already gone.
+    fn remove_peers(&mut self, peers: impl Iterator<Item = (u32, PeerKey)>) {
+        for (prefix, key) in peers {
+            let _ = self
+                .policy_peers
+                .remove(&aya::maps::lpm_trie::Key::new(prefix, key));
+        }
     }
 
     /// Attach `from_overlay`/`to_overlay` to the VXLAN device.

@@ -2,8 +2,19 @@
 //! `policy_peers` in `maps.h`): the compiled rules of every local endpoint laid
 //! out as slots, peers as LPM prefixes keyed by slot (an `except` block is a
 //! longer prefix that does not match), ports as up to four ranges a slot.
+//!
+//! One direction's rules are a *run* of consecutive slots. Endpoints whose
+//! rules are the same share one run, so a deployment's pods cost the peers of
+//! one. [`Installed`] is what the maps hold; [`Installed::plan`] turns the
+//! wanted state into a [`Change`] that touches only what differs: runs that
+//! are new go into free slots, the endpoints whose rules changed switch to
+//! them with one `ep_policy` update each (so no endpoint ever sees a mix of
+//! old and new rules), and only then are the runs no endpoint uses any more
+//! removed and their slots freed.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use lumen_api::Ipv4Cidr;
 
@@ -13,12 +24,12 @@ use super::abi::{
 };
 
 /// One rule of one endpoint and direction, as the compiler hands it over.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RuleEntry {
     /// The id flows carry to name this rule (non-zero).
     pub id: u16,
     /// Peer prefixes: `true` matches, `false` is an `except` inside a match.
-    pub peers: Vec<(Ipv4Cidr, bool)>,
+    pub peers: Arc<[(Ipv4Cidr, bool)]>,
     /// (protocol, first port, last port); `None`: every protocol and port.
     pub ports: Option<Vec<(u8, u16, u16)>>,
 }
@@ -27,7 +38,8 @@ pub struct RuleEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectionRules {
     pub deny_id: u16,
-    pub rules: Vec<RuleEntry>,
+    /// Endpoints may share one list: it is laid out once for all of them.
+    pub rules: Arc<[RuleEntry]>,
 }
 
 /// Everything the datapath needs about one local endpoint's policy.
@@ -46,30 +58,99 @@ pub enum LayoutError {
     )]
     TooManyRules { ip: Ipv4Addr, slots: usize },
     #[error(
-        "the node's policies need more than half of the datapath's {MAX_POLICY_RULES} rule slots"
+        "the node's policies, with the rules they replace, need more than the datapath's {MAX_POLICY_RULES} rule slots"
     )]
     TooManySlots,
 }
 
-/// The maps' contents for a set of endpoints.
+/// What one change writes, in this order: `rules` and `peers` (new runs, in
+/// slots no endpoint uses), then `endpoints` (each switching to its new runs),
+/// then the removal of `removed` endpoints and of `stale_peers` (the runs left
+/// unused).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Layout {
-    pub endpoints: Vec<(u32, EpPolicy)>,
+pub struct Change {
     pub rules: Vec<(u32, PolicyRule)>,
     /// (prefix length incl. the 32 bits of slot, key, match).
     pub peers: Vec<(u32, PeerKey, u32)>,
+    pub endpoints: Vec<(u32, EpPolicy)>,
+    /// Endpoints (network order) no longer isolated.
+    pub removed: Vec<u32>,
+    pub stale_peers: Vec<(u32, PeerKey)>,
 }
 
-impl Layout {
-    /// Lay out `endpoints` in slots `base .. base + MAX_POLICY_RULES / 2`: the
-    /// datapath alternates halves, so a change is written beside the rules in
-    /// force and endpoints switch to it one atomic update at a time.
-    pub fn new(endpoints: &[EndpointRules], base: u32) -> Result<Self, LayoutError> {
-        let mut out = Self::default();
-        let mut next: u32 = base;
-        let end = base + MAX_POLICY_RULES / 2;
+impl Change {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+            && self.peers.is_empty()
+            && self.endpoints.is_empty()
+            && self.removed.is_empty()
+            && self.stale_peers.is_empty()
+    }
+
+    /// Map entries it writes or removes.
+    pub fn entries(&self) -> usize {
+        self.rules.len()
+            + self.peers.len()
+            + self.endpoints.len()
+            + self.removed.len()
+            + self.stale_peers.len()
+    }
+}
+
+/// The policy maps' contents, as the changes applied so far left them.
+#[derive(Debug, Clone, Default)]
+pub struct Installed {
+    /// By address (network order).
+    endpoints: HashMap<u32, InstalledEndpoint>,
+    /// By first slot.
+    runs: HashMap<u32, Run>,
+    /// First slot by rules.
+    by_rules: HashMap<Arc<[RuleEntry]>, u32>,
+    free: FreeSlots,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InstalledEndpoint {
+    value: EpPolicy,
+    /// The first slot of its run, per direction (`None`: no rules).
+    runs: [Option<u32>; 2],
+}
+
+#[derive(Debug, Clone)]
+struct Run {
+    rules: Arc<[RuleEntry]>,
+    slots: u32,
+}
+
+// === impl Installed ===
+
+impl Installed {
+    /// The `ep_policy` value installed for `addr` (network order).
+    pub fn endpoint(&self, addr: u32) -> Option<EpPolicy> {
+        self.endpoints.get(&addr).map(|e| e.value)
+    }
+
+    /// The change from what is installed to `endpoints`, and what is installed
+    /// after it. An address listed twice gets its last entry.
+    pub fn plan(&self, endpoints: &[EndpointRules]) -> Result<(Change, Self), LayoutError> {
+        let mut change = Change::default();
+        let mut next = Self {
+            endpoints: HashMap::with_capacity(endpoints.len()),
+            runs: self.runs.clone(),
+            by_rules: self.by_rules.clone(),
+            free: self.free.clone(),
+        };
+        // Runs found for a list of rules in this change, by the list's address:
+        // endpoints sharing one list are looked up once.
+        let mut found: HashMap<*const RuleEntry, u32> = HashMap::new();
         for ep in endpoints {
-            let mut value = EpPolicy::default();
+            let addr = be_addr(ep.ip);
+            let old = self.endpoints.get(&addr);
+            let mut installed = InstalledEndpoint {
+                value: EpPolicy::default(),
+                runs: [None; 2],
+            };
             for (index, flag, dir) in [
                 (POL_INGRESS, POL_ISOLATED_INGRESS, &ep.ingress),
                 (POL_EGRESS, POL_ISOLATED_EGRESS, &ep.egress),
@@ -77,59 +158,195 @@ impl Layout {
                 let Some(dir) = dir else {
                     continue;
                 };
+                let value = &mut installed.value;
                 value.isolated |= flag;
                 value.deny_rule[index] = dir.deny_id;
-                let first = next;
-                for rule in &dir.rules {
-                    out.push_rule(rule, &mut next, end)?;
+                if dir.rules.is_empty() {
+                    continue;
                 }
-                let slots = (next - first) as usize;
-                if slots > MAX_RULES_PER_DIRECTION {
-                    return Err(LayoutError::TooManyRules { ip: ep.ip, slots });
-                }
+                let first = match found.get(&dir.rules.as_ptr()) {
+                    Some(&first) => first,
+                    None => {
+                        let was = old.and_then(|o| o.runs[index]);
+                        let first = next.run(&dir.rules, was, ep.ip, &mut change)?;
+                        found.insert(dir.rules.as_ptr(), first);
+                        first
+                    }
+                };
+                let slots = next.runs.get(&first).map_or(0, |r| r.slots);
                 value.first[index] = u16::try_from(first).map_err(|_| LayoutError::TooManySlots)?;
-                value.count[index] = slots as u8;
+                value.count[index] = u8::try_from(slots).map_err(|_| LayoutError::TooManySlots)?;
+                installed.runs[index] = Some(first);
             }
-            out.endpoints.push((be_addr(ep.ip), value));
+            next.endpoints.insert(addr, installed);
         }
-        Ok(out)
+        for (addr, installed) in &next.endpoints {
+            if self
+                .endpoints
+                .get(addr)
+                .is_none_or(|o| o.value != installed.value)
+            {
+                change.endpoints.push((*addr, installed.value));
+            }
+        }
+        change.removed = self
+            .endpoints
+            .keys()
+            .filter(|addr| !next.endpoints.contains_key(addr))
+            .copied()
+            .collect();
+        let used: HashSet<u32> = next
+            .endpoints
+            .values()
+            .flat_map(|e| e.runs.iter().flatten())
+            .copied()
+            .collect();
+        let Self {
+            runs,
+            by_rules,
+            free,
+            ..
+        } = &mut next;
+        runs.retain(|&first, run| {
+            if used.contains(&first) {
+                return true;
+            }
+            lay_out(&run.rules, first, |_, _, peers| {
+                change
+                    .stale_peers
+                    .extend(peers.iter().map(|(len, key, _)| (*len, *key)));
+            });
+            by_rules.remove(&run.rules);
+            free.release(first, run.slots);
+            false
+        });
+        Ok((change, next))
     }
 
-    /// A rule's slots: one per four port ranges, each with every peer prefix.
-    fn push_rule(&mut self, rule: &RuleEntry, next: &mut u32, end: u32) -> Result<(), LayoutError> {
-        let chunks: Vec<Vec<(u8, u16, u16)>> = match &rule.ports {
-            None => vec![Vec::new()],
-            Some(ports) => ports.chunks(RULE_PORTS).map(<[_]>::to_vec).collect(),
+    /// The first slot of a run holding `rules`: the endpoint's run `was` or
+    /// another in use if it holds the same, else a new one laid out in `change`.
+    fn run(
+        &mut self,
+        rules: &Arc<[RuleEntry]>,
+        was: Option<u32>,
+        ip: Ipv4Addr,
+        change: &mut Change,
+    ) -> Result<u32, LayoutError> {
+        let same = was.filter(|first| self.runs.get(first).is_some_and(|r| r.rules == *rules));
+        if let Some(first) = same.or_else(|| self.by_rules.get(rules).copied()) {
+            return Ok(first);
+        }
+        let slots = slot_count(rules);
+        if slots > MAX_RULES_PER_DIRECTION {
+            return Err(LayoutError::TooManyRules { ip, slots });
+        }
+        let slots = slots as u32;
+        let first = self.free.take(slots).ok_or(LayoutError::TooManySlots)?;
+        lay_out(rules, first, |slot, rule, peers| {
+            change.rules.push((slot, rule));
+            change.peers.extend_from_slice(peers);
+        });
+        self.runs.insert(
+            first,
+            Run {
+                rules: rules.clone(),
+                slots,
+            },
+        );
+        self.by_rules.insert(rules.clone(), first);
+        Ok(first)
+    }
+}
+
+/// A rule's slots: one per four port ranges.
+fn rule_slots(rule: &RuleEntry) -> usize {
+    rule.ports
+        .as_ref()
+        .map_or(1, |ports| ports.len().div_ceil(RULE_PORTS))
+}
+
+fn slot_count(rules: &[RuleEntry]) -> usize {
+    rules.iter().map(rule_slots).sum()
+}
+
+/// `rules` laid out from slot `first`: `f(slot, rule, peers)` for each slot,
+/// with every peer prefix of the rule keyed by that slot.
+fn lay_out(
+    rules: &[RuleEntry],
+    first: u32,
+    mut f: impl FnMut(u32, PolicyRule, &[(u32, PeerKey, u32)]),
+) {
+    let mut slot = first;
+    let mut peers = Vec::new();
+    for rule in rules {
+        let chunks: Vec<&[(u8, u16, u16)]> = match &rule.ports {
+            None => vec![&[]],
+            Some(ports) => ports.chunks(RULE_PORTS).collect(),
         };
         for chunk in chunks {
-            if *next >= end {
-                return Err(LayoutError::TooManySlots);
-            }
-            let mut slot = PolicyRule {
+            let mut value = PolicyRule {
                 id: rule.id,
                 nports: chunk.len() as u8,
                 ..PolicyRule::default()
             };
             for (i, (proto, from, to)) in chunk.iter().enumerate() {
-                slot.ports[i] = PortRange {
+                value.ports[i] = PortRange {
                     proto: *proto,
                     _pad: 0,
                     from: *from,
                     to: *to,
                 };
             }
-            self.rules.push((*next, slot));
-            for (cidr, matches) in &rule.peers {
+            peers.clear();
+            peers.extend(rule.peers.iter().map(|(cidr, matches)| {
                 let key = PeerKey {
-                    slot: *next,
+                    slot,
                     addr: be_addr(cidr.addr()),
                 };
-                self.peers
-                    .push((32 + u32::from(cidr.prefix()), key, u32::from(*matches)));
-            }
-            *next += 1;
+                (32 + u32::from(cidr.prefix()), key, u32::from(*matches))
+            }));
+            f(slot, value, &peers);
+            slot += 1;
         }
-        Ok(())
+    }
+}
+
+// === impl FreeSlots ===
+
+/// The free slots of `policy_rules` as ranges: first slot -> length.
+#[derive(Debug, Clone)]
+struct FreeSlots(BTreeMap<u32, u32>);
+
+impl Default for FreeSlots {
+    fn default() -> Self {
+        Self(BTreeMap::from([(0, MAX_POLICY_RULES)]))
+    }
+}
+
+impl FreeSlots {
+    /// The first `n` consecutive free slots (first fit).
+    fn take(&mut self, n: u32) -> Option<u32> {
+        let (&first, &len) = self.0.iter().find(|(_, len)| **len >= n)?;
+        self.0.remove(&first);
+        if len > n {
+            self.0.insert(first + n, len - n);
+        }
+        Some(first)
+    }
+
+    /// Slots `first .. first + n` are free again; neighbours merge.
+    fn release(&mut self, mut first: u32, mut n: u32) {
+        if let Some((&before, &len)) = self.0.range(..first).next_back()
+            && before + len == first
+        {
+            self.0.remove(&before);
+            first = before;
+            n += len;
+        }
+        if let Some(len) = self.0.remove(&(first + n)) {
+            n += len;
+        }
+        self.0.insert(first, n);
     }
 }
 
@@ -141,25 +358,57 @@ mod tests {
         s.parse().expect("cidr")
     }
 
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, 1, n)
+    }
+
+    fn rule(id: u16, peers: &[&str]) -> RuleEntry {
+        RuleEntry {
+            id,
+            peers: peers.iter().map(|p| (cidr(p), true)).collect(),
+            ports: None,
+        }
+    }
+
+    fn ingress(n: u8, deny_id: u16, rules: &Arc<[RuleEntry]>) -> EndpointRules {
+        EndpointRules {
+            ip: ip(n),
+            ingress: Some(DirectionRules {
+                deny_id,
+                rules: rules.clone(),
+            }),
+            egress: None,
+        }
+    }
+
+    fn value(change: &Change, n: u8) -> Option<EpPolicy> {
+        let addr = be_addr(ip(n));
+        change
+            .endpoints
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, v)| *v)
+    }
+
     #[test]
     fn lays_out_slots_ports_and_peers() {
         let ports: Vec<(u8, u16, u16)> = (0..5).map(|i| (6, 80 + i, 80 + i)).collect();
         let eps = [EndpointRules {
-            ip: Ipv4Addr::new(10, 244, 1, 2),
+            ip: ip(2),
             ingress: Some(DirectionRules {
                 deny_id: 7,
-                rules: vec![RuleEntry {
+                rules: Arc::from([RuleEntry {
                     id: 3,
-                    peers: vec![(cidr("10.0.0.0/8"), true), (cidr("10.1.0.0/16"), false)],
+                    peers: Arc::from([(cidr("10.0.0.0/8"), true), (cidr("10.1.0.0/16"), false)]),
                     ports: Some(ports),
-                }],
+                }]),
             }),
             egress: Some(DirectionRules {
                 deny_id: 8,
-                rules: vec![],
+                rules: Arc::from([]),
             }),
         }];
-        let l = Layout::new(&eps, 0).expect("fits");
+        let (l, _) = Installed::default().plan(&eps).expect("fits");
         let (_, ep) = l.endpoints[0];
         assert_eq!(ep.isolated, POL_ISOLATED_INGRESS | POL_ISOLATED_EGRESS);
         assert_eq!(ep.deny_rule, [7, 8]);
@@ -179,21 +428,98 @@ mod tests {
 
     #[test]
     fn refuses_what_does_not_fit() {
-        let rules = (1..=65)
-            .map(|id| RuleEntry {
-                id,
-                peers: vec![],
-                ports: None,
-            })
-            .collect();
-        let eps = [EndpointRules {
-            ip: Ipv4Addr::new(10, 244, 1, 2),
-            ingress: Some(DirectionRules { deny_id: 1, rules }),
-            egress: None,
-        }];
+        let rules: Arc<[RuleEntry]> = (1..=65).map(|id| rule(id, &[])).collect();
         assert!(matches!(
-            Layout::new(&eps, 0),
+            Installed::default().plan(&[ingress(2, 1, &rules)]),
             Err(LayoutError::TooManyRules { slots: 65, .. })
         ));
+        // 1,025 runs of 64 slots do not fit 65,536 slots.
+        let eps: Vec<EndpointRules> = (0..1025u32)
+            .map(|i| {
+                let rules: Arc<[RuleEntry]> = (1..=64)
+                    .map(|id| rule(id, &[&format!("10.0.{}.{}/32", i / 256, i % 256)]))
+                    .collect();
+                EndpointRules {
+                    ip: Ipv4Addr::from(0x0a00_0000 + i),
+                    ingress: Some(DirectionRules { deny_id: 1, rules }),
+                    egress: None,
+                }
+            })
+            .collect();
+        assert_eq!(
+            Installed::default().plan(&eps).map(|_| ()),
+            Err(LayoutError::TooManySlots)
+        );
+    }
+
+    #[test]
+    fn endpoints_with_the_same_rules_share_a_run() {
+        let rules: Arc<[RuleEntry]> = Arc::from([rule(3, &["10.0.0.0/24", "10.0.1.0/24"])]);
+        // Equal lists, not the same allocation: still one run.
+        let copy: Arc<[RuleEntry]> = rules.iter().cloned().collect();
+        let (change, _) = Installed::default()
+            .plan(&[ingress(2, 1, &rules), ingress(3, 1, &copy)])
+            .expect("fits");
+        assert_eq!(change.rules.len(), 1);
+        assert_eq!(change.peers.len(), 2);
+        assert_eq!(value(&change, 2), value(&change, 3));
+    }
+
+    #[test]
+    fn a_change_writes_only_what_differs_and_frees_what_is_left() {
+        let a: Arc<[RuleEntry]> = Arc::from([rule(3, &["10.0.0.0/24"])]);
+        let b: Arc<[RuleEntry]> = Arc::from([rule(4, &["10.0.9.0/24", "10.0.8.0/24"])]);
+        let (first, v1) = Installed::default()
+            .plan(&[ingress(2, 1, &a), ingress(3, 1, &a), ingress(4, 1, &b)])
+            .expect("fits");
+        assert_eq!((first.rules.len(), first.endpoints.len()), (2, 3));
+
+        // The same state again (rebuilt lists): nothing to write.
+        let a2: Arc<[RuleEntry]> = a.iter().cloned().collect();
+        let b2: Arc<[RuleEntry]> = b.iter().cloned().collect();
+        let (same, v1) = v1
+            .plan(&[ingress(2, 1, &a2), ingress(3, 1, &a2), ingress(4, 1, &b2)])
+            .expect("fits");
+        assert!(same.is_empty(), "{same:?}");
+
+        // Endpoint 3 gets a second rule: one new run beside the two in use,
+        // one endpoint switches, nothing is freed while 2 still uses `a`.
+        let a_more: Arc<[RuleEntry]> = a.iter().cloned().chain([rule(5, &[])]).collect();
+        let (change, v2) = v1
+            .plan(&[ingress(2, 1, &a), ingress(3, 1, &a_more), ingress(4, 1, &b)])
+            .expect("fits");
+        assert_eq!(change.endpoints.len(), 1);
+        let new = value(&change, 3).expect("3 switches");
+        let old = value(&first, 3).expect("3 was installed");
+        let in_use = [
+            old.first[POL_INGRESS],
+            value(&first, 4).expect("4").first[POL_INGRESS],
+        ];
+        let (from, count) = (new.first[POL_INGRESS], u16::from(new.count[POL_INGRESS]));
+        assert_eq!(count, 2);
+        assert!(
+            in_use
+                .iter()
+                .all(|&slot| !(from..from + count).contains(&slot)),
+            "{in_use:?} overlaps {from}+{count}"
+        );
+        assert_eq!(change.rules.len(), 2);
+        assert!(change.stale_peers.is_empty() && change.removed.is_empty());
+
+        // 4 goes away and 2 moves to `a_more`: b's and a's runs are freed,
+        // their peers removed.
+        let (change, v3) = v2
+            .plan(&[ingress(2, 1, &a_more), ingress(3, 1, &a_more)])
+            .expect("fits");
+        assert!(change.rules.is_empty(), "a_more is installed already");
+        assert_eq!(change.removed, [be_addr(ip(4))]);
+        assert_eq!(value(&change, 2), Some(new));
+        assert_eq!(change.stale_peers.len(), 3);
+        // The freed slots are used again.
+        let c: Arc<[RuleEntry]> = Arc::from([rule(6, &[])]);
+        let (change, _) = v3
+            .plan(&[ingress(2, 1, &a_more), ingress(9, 1, &c)])
+            .expect("fits");
+        assert_eq!(change.rules[0].0, 0, "{change:?}");
     }
 }

@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use lumen_api::Ipv4Cidr;
 use lumen_api::flow::PolicyRef;
 
+use super::cidrs::CidrSet;
 use super::engine::{Compiled, DirectionRules, Ports};
 use crate::cluster::ClusterState;
 use crate::datapath::policy::{self as dp, EndpointRules};
@@ -16,41 +18,67 @@ use crate::flows::enrich::PolicyRules;
 
 use super::PolicyEngine;
 
-/// The datapath's form of one isolated direction.
-fn direction(rules: &DirectionRules) -> dp::DirectionRules {
-    dp::DirectionRules {
-        deny_id: rules.deny_id,
-        rules: rules
-            .rules
-            .iter()
-            .map(|r| dp::RuleEntry {
-                id: r.id,
-                peers: r.peers.cidrs().iter().map(|c| (*c, true)).collect(),
-                ports: match &r.ports {
-                    Ports::Any => None,
-                    Ports::Ranges(ranges) => Some(
-                        ranges
-                            .iter()
-                            .map(|p| (p.protocol.0, p.from, p.to))
-                            .collect(),
-                    ),
-                },
-            })
-            .collect(),
-    }
-}
-
-/// The compiled rules of the endpoints `local` says are this node's.
+/// The compiled rules of the endpoints `local` says are this node's. Rules
+/// and peer sets the engine shares between endpoints stay shared, so each is
+/// converted once and the datapath lays it out once.
 pub fn local_rules(compiled: &Compiled, local: impl Fn(Ipv4Addr) -> bool) -> Vec<EndpointRules> {
+    let mut convert = Convert::default();
     compiled
         .endpoints()
         .filter(|ep| local(ep.ip) && (ep.ingress.is_some() || ep.egress.is_some()))
         .map(|ep| EndpointRules {
             ip: ep.ip,
-            ingress: ep.ingress.as_ref().map(direction),
-            egress: ep.egress.as_ref().map(direction),
+            ingress: ep.ingress.as_ref().map(|d| convert.direction(d)),
+            egress: ep.egress.as_ref().map(|d| convert.direction(d)),
         })
         .collect()
+}
+
+/// The datapath's form of the engine's, by the engine's allocation.
+#[derive(Default)]
+struct Convert {
+    rules: HashMap<*const DirectionRules, Arc<[dp::RuleEntry]>>,
+    peers: HashMap<*const CidrSet, Arc<[(Ipv4Cidr, bool)]>>,
+}
+
+impl Convert {
+    fn direction(&mut self, rules: &Arc<DirectionRules>) -> dp::DirectionRules {
+        let converted = match self.rules.get(&Arc::as_ptr(rules)) {
+            Some(converted) => converted.clone(),
+            None => {
+                let converted: Arc<[dp::RuleEntry]> = rules
+                    .rules
+                    .iter()
+                    .map(|r| dp::RuleEntry {
+                        id: r.id,
+                        peers: self.peers(&r.peers),
+                        ports: match &r.ports {
+                            Ports::Any => None,
+                            Ports::Ranges(ranges) => Some(
+                                ranges
+                                    .iter()
+                                    .map(|p| (p.protocol.0, p.from, p.to))
+                                    .collect(),
+                            ),
+                        },
+                    })
+                    .collect();
+                self.rules.insert(Arc::as_ptr(rules), converted.clone());
+                converted
+            }
+        };
+        dp::DirectionRules {
+            deny_id: rules.deny_id,
+            rules: converted,
+        }
+    }
+
+    fn peers(&mut self, set: &Arc<CidrSet>) -> Arc<[(Ipv4Cidr, bool)]> {
+        self.peers
+            .entry(Arc::as_ptr(set))
+            .or_insert_with(|| set.cidrs().iter().map(|c| (*c, true)).collect())
+            .clone()
+    }
 }
 
 /// The policy in force on this node.

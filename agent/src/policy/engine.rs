@@ -38,20 +38,33 @@
 //! packet stays in the pod). Replies of allowed connections are the stateful
 //! datapath's business, not the engine's.
 //!
+//! # Cost
+//!
+//! A compilation is of the whole cluster, so it is kept proportional to what
+//! selectors select: pods are indexed by namespace and label, and a selector's
+//! candidates are a posting list (the shortest of its `matchLabels` pairs, or
+//! the union of an `In` requirement's values), never every pod; a rule's peer
+//! set is computed once per distinct peer list; endpoints that the same
+//! policies isolate share one [`DirectionRules`] (unless an ingress rule
+//! resolves named ports against each); and a policy whose spec is the same as
+//! in `previous` is not validated again.
+//!
 //! Policies that fail validation (or do not even read as a NetworkPolicy:
 //! `ClusterState::unreadable_policies`) are not compiled; they are listed in
 //! [`Compiled::rejected`], and the previous compilation's accepted version of
 //! the same policy, if any, stays in force.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use k8s_openapi::api::networking::v1::NetworkPolicySpec;
 use lumen_api::Ipv4Cidr;
 use lumen_api::flow::{PolicyRef, Protocol, RuleAction};
 
 use super::cidrs::CidrSet;
-use super::model::{Namespaces, Peer, Policy, PolicyError, PortMatch, Rule};
+use super::model::{Namespaces, Operator, Peer, Policy, PolicyError, PortMatch, Rule, Selector};
 use crate::cluster::{ClusterState, PodInfo};
 
 /// The label the API server puts on every namespace, with its name.
@@ -84,8 +97,8 @@ pub struct InForce {
     pub policy: Arc<Policy>,
     /// This is the previous accepted version: the current one was rejected.
     pub previous: bool,
-    /// The pods it selects, by (namespace, name), addressed or not.
-    pub selected: Vec<(String, String)>,
+    /// How many pods it selects, addressed or not.
+    pub selected_pods: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,9 +122,11 @@ pub struct EndpointPolicy {
     pub namespace: String,
     pub name: String,
     pub ip: Ipv4Addr,
-    /// `None`: not isolated for ingress.
-    pub ingress: Option<DirectionRules>,
-    pub egress: Option<DirectionRules>,
+    /// `None`: not isolated for ingress. Endpoints that the same policies
+    /// select share one value when nothing in it depends on the pod (only an
+    /// ingress rule with named ports does).
+    pub ingress: Option<Arc<DirectionRules>>,
+    pub egress: Option<Arc<DirectionRules>>,
 }
 
 /// An isolated direction of an endpoint.
@@ -196,19 +211,50 @@ pub struct Compiled {
     policies: Vec<InForce>,
     /// Policies not compiled, by namespace and name.
     pub rejected: Vec<Rejected>,
-    endpoints: BTreeMap<(String, String), EndpointPolicy>,
-    by_ip: HashMap<Ipv4Addr, (String, String)>,
+    /// By namespace and name.
+    endpoints: Vec<EndpointPolicy>,
+    /// Index into `endpoints` of the first pod with each address.
+    by_ip: HashMap<Ipv4Addr, usize>,
     rules: BTreeMap<u16, Arc<PolicyRef>>,
-    ids: HashMap<RuleKey, u16>,
+    ids: RuleIds,
+    validated: Validations,
 }
 
-/// What a rule id stands for: a rule, or (`index` `None`) a default deny.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct RuleKey {
-    namespace: String,
-    name: String,
-    direction: Direction,
-    index: Option<usize>,
+/// Each policy as validated, by namespace and name: the next compilation
+/// validates only the policies whose spec changed (validation reads nothing
+/// else).
+#[derive(Debug, Clone, Default)]
+struct Validations(HashMap<(String, String), Arc<Validated>>);
+
+/// Not part of what was compiled: two compilations of one state are equal
+/// whatever each had to validate.
+impl PartialEq for Validations {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Validations {}
+
+#[derive(Debug)]
+struct Validated {
+    spec: Option<NetworkPolicySpec>,
+    policy: Result<Arc<Policy>, CompileError>,
+}
+
+/// The rule ids of each policy, by namespace and name.
+type RuleIds = HashMap<String, HashMap<String, PolicyIds>>;
+
+/// One policy's rule ids, per direction (ingress, egress) if it has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PolicyIds([Option<DirectionIds>; 2]);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DirectionIds {
+    /// The default deny's.
+    deny: u16,
+    /// Each rule's, by index.
+    rules: Vec<u16>,
 }
 
 // === impl PolicyEngine ===
@@ -220,6 +266,8 @@ impl PolicyEngine {
         let view = View::new(state);
         let mut rejected = Vec::new();
         let mut policies = Vec::new();
+        // The pods each policy of `policies` selects, as indices into `view.pods`.
+        let mut selections: Vec<Vec<usize>> = Vec::new();
         let unreadable = state
             .unreadable_policies
             .iter()
@@ -230,15 +278,28 @@ impl PolicyEngine {
                 };
                 (key, Err(error))
             });
+        let mut validated = Validations::default();
         let readable = state.policies.iter().map(|(key, object)| {
-            let policy = Policy::validate(&key.0, &key.1, object).map_err(CompileError::from);
-            (key, policy)
+            let known = previous
+                .and_then(|p| p.validated.0.get(key))
+                .filter(|v| v.spec == object.spec);
+            let v = match known {
+                Some(v) => v.clone(),
+                None => Arc::new(Validated {
+                    spec: object.spec.clone(),
+                    policy: Policy::validate(&key.0, &key.1, object)
+                        .map(Arc::new)
+                        .map_err(CompileError::from),
+                }),
+            };
+            validated.0.insert(key.clone(), v.clone());
+            (key, v.policy.clone())
         });
         let mut all: Vec<_> = readable.chain(unreadable).collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
         for ((namespace, name), validated) in all {
             let (policy, was_previous) = match validated {
-                Ok(policy) => (Arc::new(policy), false),
+                Ok(policy) => (policy, false),
                 Err(error) => {
                     let old = previous.and_then(|p| p.policy(namespace, name));
                     rejected.push(Rejected {
@@ -253,43 +314,44 @@ impl PolicyEngine {
                     }
                 }
             };
-            let selected = view
-                .pods_in(&policy.namespace)
-                .filter(|p| policy.pod_selector.matches(&p.labels))
-                .map(|p| (p.namespace.clone(), p.name.clone()))
-                .collect();
+            let selected = view.select(&policy.namespace, &policy.pod_selector);
             policies.push(InForce {
                 policy,
                 previous: was_previous,
-                selected,
+                selected_pods: selected.len(),
+            });
+            selections.push(selected);
+        }
+
+        // Every addressed pod, in `view.pods`' order (by namespace and name).
+        let mut endpoints = Vec::new();
+        let mut endpoint_pod = Vec::new();
+        let mut endpoint_of: Vec<Option<usize>> = vec![None; view.pods.len()];
+        let mut by_ip = HashMap::new();
+        for (index, ((namespace, name), pod)) in state.pods.iter().enumerate() {
+            let Some(ip) = pod.ip else { continue };
+            by_ip.entry(ip).or_insert(endpoints.len());
+            endpoint_of[index] = Some(endpoints.len());
+            endpoint_pod.push(index);
+            endpoints.push(EndpointPolicy {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                ip,
+                ingress: None,
+                egress: None,
             });
         }
 
-        let mut endpoints: BTreeMap<(String, String), EndpointPolicy> = BTreeMap::new();
-        let mut by_ip = HashMap::new();
-        for ((namespace, name), pod) in &state.pods {
-            let Some(ip) = pod.ip else { continue };
-            by_ip
-                .entry(ip)
-                .or_insert_with(|| (namespace.clone(), name.clone()));
-            endpoints.insert(
-                (namespace.clone(), name.clone()),
-                EndpointPolicy {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    ip,
-                    ingress: None,
-                    egress: None,
-                },
-            );
-        }
-
-        let (ids, failed) = allocate_ids(&policies, &endpoints, previous);
+        let (ids, failed) = allocate_ids(&policies, &selections, &endpoint_of, previous);
         if !failed.is_empty() {
-            policies.retain(|p| {
+            let mut kept = Vec::with_capacity(policies.len());
+            let mut kept_selections = Vec::with_capacity(policies.len());
+            for (p, selected) in policies.into_iter().zip(selections) {
                 let key = (p.policy.namespace.clone(), p.policy.name.clone());
                 if !failed.contains(&key) {
-                    return true;
+                    kept.push(p);
+                    kept_selections.push(selected);
+                    continue;
                 }
                 rejected.push(Rejected {
                     namespace: key.0,
@@ -297,56 +359,103 @@ impl PolicyEngine {
                     reason: CompileError::RuleIds,
                     previous_in_force: false,
                 });
-                false
-            });
+            }
+            policies = kept;
+            selections = kept_selections;
             rejected.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         }
 
+        // Each policy's directions compiled once, and for every endpoint and
+        // direction the policies isolating it, in evaluation order.
         let mut rules = BTreeMap::new();
-        for in_force in &policies {
+        let mut peers = PeerSets::default();
+        let mut directions: Vec<[Option<CompiledDirection>; 2]> =
+            Vec::with_capacity(policies.len());
+        let mut isolating: [Vec<Vec<u32>>; 2] = [
+            vec![Vec::new(); endpoints.len()],
+            vec![Vec::new(); endpoints.len()],
+        ];
+        for (index, (in_force, selected)) in policies.iter().zip(&selections).enumerate() {
             let policy = &in_force.policy;
-            for (direction, list) in [
-                (Direction::Ingress, &policy.ingress),
-                (Direction::Egress, &policy.egress),
+            let mut compiled_directions = [None, None];
+            let policy_ids = ids
+                .get(&policy.namespace)
+                .and_then(|names| names.get(&policy.name));
+            for (side, direction, list) in [
+                (0, Direction::Ingress, &policy.ingress),
+                (1, Direction::Egress, &policy.egress),
             ] {
                 let Some(list) = list else { continue };
-                let Some(&deny_id) = ids.get(&RuleKey::new(policy, direction, None)) else {
+                let Some(direction_ids) = policy_ids.and_then(|p| p.0[side].as_ref()) else {
                     // Selects no addressed pod: nothing to enforce.
                     continue;
                 };
+                let deny_id = direction_ids.deny;
                 let deny = Arc::new(policy_ref(policy, String::new(), RuleAction::Drop));
                 rules.insert(deny_id, deny.clone());
                 let compiled: Vec<CompiledRule> = list
                     .iter()
                     .enumerate()
                     .filter_map(|(i, rule)| {
-                        let id = *ids.get(&RuleKey::new(policy, direction, Some(i)))?;
+                        let id = *direction_ids.rules.get(i)?;
                         let name = format!("{}[{i}]", direction.name());
                         let reference = Arc::new(policy_ref(policy, name, RuleAction::Allow));
                         rules.insert(id, reference.clone());
                         Some(CompiledRule::new(
-                            id, reference, policy, direction, rule, &view,
+                            id, reference, policy, direction, rule, &view, &mut peers,
                         ))
                     })
                     .collect();
-                for key in &in_force.selected {
-                    let Some(endpoint) = endpoints.get_mut(key) else {
-                        continue;
-                    };
-                    let pod = state.pods.get(key);
-                    let side = match direction {
-                        Direction::Ingress => &mut endpoint.ingress,
-                        Direction::Egress => &mut endpoint.egress,
-                    };
-                    let side = side.get_or_insert_with(|| DirectionRules {
-                        deny_id,
-                        deny: deny.clone(),
-                        rules: Vec::new(),
-                    });
-                    for rule in &compiled {
-                        rule.entries_for(pod, &mut side.rules);
-                    }
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                for e in selected.iter().filter_map(|&pod| endpoint_of[pod]) {
+                    isolating[side][e].push(index);
                 }
+                compiled_directions[side] = Some(CompiledDirection {
+                    deny_id,
+                    deny,
+                    per_pod: compiled.iter().any(CompiledRule::per_pod),
+                    rules: compiled,
+                });
+            }
+            directions.push(compiled_directions);
+        }
+
+        // The endpoints isolated by the same policies share their rules unless
+        // a rule resolves named ports against the pod.
+        for (side, isolating) in isolating.iter().enumerate() {
+            let mut shared: HashMap<&[u32], Arc<DirectionRules>> = HashMap::new();
+            for (e, by) in isolating.iter().enumerate() {
+                let compiled: Vec<&CompiledDirection> = by
+                    .iter()
+                    .filter_map(|&p| directions[p as usize][side].as_ref())
+                    .collect();
+                let Some(first) = compiled.first() else {
+                    continue;
+                };
+                let pod = view.pods[endpoint_pod[e]];
+                let build = || {
+                    let mut rules = Vec::new();
+                    for rule in compiled.iter().flat_map(|d| &d.rules) {
+                        rule.entries_for(Some(pod), &mut rules);
+                    }
+                    Arc::new(DirectionRules {
+                        deny_id: first.deny_id,
+                        deny: first.deny.clone(),
+                        rules,
+                    })
+                };
+                let rules = if compiled.iter().any(|d| d.per_pod) {
+                    build()
+                } else {
+                    shared.entry(by).or_insert_with(build).clone()
+                };
+                let endpoint = &mut endpoints[e];
+                let slot = if side == 0 {
+                    &mut endpoint.ingress
+                } else {
+                    &mut endpoint.egress
+                };
+                *slot = Some(rules);
             }
         }
 
@@ -369,6 +478,7 @@ impl PolicyEngine {
             by_ip,
             rules,
             ids,
+            validated,
         }
     }
 }
@@ -382,60 +492,53 @@ fn policy_ref(policy: &Policy, rule: String, action: RuleAction) -> PolicyRef {
     }
 }
 
-impl RuleKey {
-    fn new(policy: &Policy, direction: Direction, index: Option<usize>) -> Self {
-        Self {
-            namespace: policy.namespace.clone(),
-            name: policy.name.clone(),
-            direction,
-            index,
-        }
-    }
-}
-
 /// Ids for every rule and default deny of the policies that select an
 /// addressed pod: the previous compilation's where it had one, else the lowest
 /// id it did not use, else the lowest free. Returns the policies that did not
 /// get all their ids.
 fn allocate_ids(
     policies: &[InForce],
-    endpoints: &BTreeMap<(String, String), EndpointPolicy>,
+    selections: &[Vec<usize>],
+    endpoint_of: &[Option<usize>],
     previous: Option<&Compiled>,
-) -> (HashMap<RuleKey, u16>, Vec<(String, String)>) {
-    let wanted: Vec<(&Policy, Vec<RuleKey>)> = policies
+) -> (RuleIds, HashSet<(String, String)>) {
+    let wanted: Vec<&Policy> = policies
         .iter()
-        .filter(|p| p.selected.iter().any(|k| endpoints.contains_key(k)))
-        .map(|p| {
-            let policy = &*p.policy;
-            let mut keys = Vec::new();
-            for (direction, list) in [
-                (Direction::Ingress, &policy.ingress),
-                (Direction::Egress, &policy.egress),
-            ] {
-                if let Some(list) = list {
-                    keys.push(RuleKey::new(policy, direction, None));
-                    keys.extend((0..list.len()).map(|i| RuleKey::new(policy, direction, Some(i))));
-                }
-            }
-            (policy, keys)
-        })
+        .zip(selections)
+        .filter(|(_, selected)| selected.iter().any(|&pod| endpoint_of[pod].is_some()))
+        .map(|(p, _)| &*p.policy)
         .collect();
+    let before = |policy: &Policy| {
+        previous
+            .and_then(|p| p.ids.get(&policy.namespace))
+            .and_then(|names| names.get(&policy.name))
+    };
+    fn directions(policy: &Policy) -> [Option<&Vec<Rule>>; 2] {
+        [policy.ingress.as_ref(), policy.egress.as_ref()]
+    }
 
     let slots = usize::from(u16::MAX) + 1;
     let mut used = vec![false; slots];
     let mut used_before = vec![false; slots];
     // Id 0 means "no rule" to the datapath.
     used[0] = true;
-    let mut ids = HashMap::new();
     if let Some(previous) = previous {
-        for &id in previous.ids.values() {
-            used_before[usize::from(id)] = true;
+        for p in previous.ids.values().flat_map(HashMap::values) {
+            for d in p.0.iter().flatten() {
+                for &id in std::iter::once(&d.deny).chain(&d.rules) {
+                    used_before[usize::from(id)] = true;
+                }
+            }
         }
-        for (_, keys) in &wanted {
-            for key in keys {
-                if let Some(&id) = previous.ids.get(key) {
+    }
+    // The previous ids of the rules that are still there are kept.
+    for &policy in &wanted {
+        let Some(old) = before(policy) else { continue };
+        for (list, old) in directions(policy).into_iter().zip(&old.0) {
+            if let (Some(list), Some(old)) = (list, old) {
+                used[usize::from(old.deny)] = true;
+                for &id in old.rules.iter().take(list.len()) {
                     used[usize::from(id)] = true;
-                    ids.insert(key.clone(), id);
                 }
             }
         }
@@ -458,26 +561,36 @@ fn allocate_ids(
         used[pick] = true;
         Some(id)
     };
-    let mut failed = Vec::new();
-    for (policy, keys) in wanted {
-        let mut got = Vec::new();
-        for key in keys {
-            if ids.contains_key(&key) {
-                continue;
-            }
-            match next(&mut used) {
-                Some(id) => got.push((key, id)),
-                None => {
-                    failed.push((policy.namespace.clone(), policy.name.clone()));
-                    got.clear();
-                    break;
-                }
-            }
+    let mut ids = RuleIds::new();
+    let mut failed = HashSet::new();
+    for policy in wanted {
+        let old = before(policy);
+        let mut got = PolicyIds::default();
+        let mut complete = true;
+        for (side, list) in directions(policy).into_iter().enumerate() {
+            let Some(list) = list else { continue };
+            let old = old.and_then(|o| o.0[side].as_ref());
+            let mut id = |kept: Option<u16>| {
+                kept.or_else(|| {
+                    let id = if complete { next(&mut used) } else { None };
+                    complete &= id.is_some();
+                    id
+                })
+                .unwrap_or(0)
+            };
+            let deny = id(old.map(|o| o.deny));
+            let rules = (0..list.len())
+                .map(|i| id(old.and_then(|o| o.rules.get(i).copied())))
+                .collect();
+            got.0[side] = Some(DirectionIds { deny, rules });
         }
-        ids.extend(got);
-    }
-    if !failed.is_empty() {
-        ids.retain(|k, _| !failed.contains(&(k.namespace.clone(), k.name.clone())));
+        if complete {
+            ids.entry(policy.namespace.clone())
+                .or_default()
+                .insert(policy.name.clone(), got);
+        } else {
+            failed.insert((policy.namespace.clone(), policy.name.clone()));
+        }
     }
     (ids, failed)
 }
@@ -501,15 +614,18 @@ impl Compiled {
 
     /// Every addressed pod's compiled policy, by namespace and name.
     pub fn endpoints(&self) -> impl Iterator<Item = &EndpointPolicy> {
-        self.endpoints.values()
+        self.endpoints.iter()
     }
 
     pub fn endpoint(&self, namespace: &str, name: &str) -> Option<&EndpointPolicy> {
-        self.endpoints.get(&(namespace.to_owned(), name.to_owned()))
+        self.endpoints
+            .binary_search_by(|e| (e.namespace.as_str(), e.name.as_str()).cmp(&(namespace, name)))
+            .ok()
+            .map(|i| &self.endpoints[i])
     }
 
     pub fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<&EndpointPolicy> {
-        self.by_ip.get(&ip).and_then(|k| self.endpoints.get(k))
+        self.by_ip.get(&ip).and_then(|&i| self.endpoints.get(i))
     }
 
     /// The rule (or default deny, with an empty `rule`) an id names.
@@ -539,8 +655,8 @@ impl Compiled {
             };
         }
         let port = if protocol.has_ports() { port } else { 0 };
-        let egress = source.and_then(|e| e.egress.as_ref());
-        let ingress = self.endpoint_by_ip(dst).and_then(|e| e.ingress.as_ref());
+        let egress = source.and_then(|e| e.egress.as_deref());
+        let ingress = self.endpoint_by_ip(dst).and_then(|e| e.ingress.as_deref());
         Evaluation {
             egress: decide(egress, dst, protocol, port),
             ingress: decide(ingress, src, protocol, port),
@@ -587,6 +703,15 @@ impl Ports {
 
 // === impl CompiledRule ===
 
+/// One direction of one policy, compiled.
+struct CompiledDirection {
+    deny_id: u16,
+    deny: Arc<PolicyRef>,
+    rules: Vec<CompiledRule>,
+    /// Some rule's entries depend on the endpoint (`CompiledRule::per_pod`).
+    per_pod: bool,
+}
+
 /// One rule of one policy, with everything that does not depend on the
 /// endpoint it is compiled for.
 struct CompiledRule {
@@ -603,19 +728,16 @@ struct CompiledRule {
 }
 
 impl CompiledRule {
-    fn new(
+    fn new<'p>(
         id: u16,
         policy: Arc<PolicyRef>,
-        owner: &Policy,
+        owner: &'p Policy,
         direction: Direction,
-        rule: &Rule,
-        view: &View<'_>,
+        rule: &'p Rule,
+        view: &View<'p>,
+        sets: &mut PeerSets<'p>,
     ) -> Self {
-        let peers = Arc::new(if rule.peers.is_empty() {
-            CidrSet::any()
-        } else {
-            CidrSet::new(rule.peers.iter().flat_map(|p| view.peer_cidrs(owner, p)))
-        });
+        let peers = sets.of(owner, &rule.peers, view);
         let mut numeric = Vec::new();
         let mut named = Vec::new();
         for spec in &rule.ports {
@@ -658,6 +780,12 @@ impl CompiledRule {
             named,
             egress_named,
         }
+    }
+
+    /// Whether the entries depend on the endpoint: ingress named ports resolve
+    /// against its container ports.
+    fn per_pod(&self) -> bool {
+        self.direction == Direction::Ingress && self.numeric.is_some() && !self.named.is_empty()
     }
 
     /// Append this rule's entries for the endpoint `pod` to `out`.
@@ -717,15 +845,119 @@ fn resolve(named: &[(Protocol, String)], pod: Option<&PodInfo>) -> Vec<PortRange
     out
 }
 
+// === impl PeerSets ===
+
+/// Rules' peer sets, each computed once per distinct peer list (with the
+/// owner's namespace when a peer is looked for there): in a large cluster many
+/// policies name the same peers.
+#[derive(Default)]
+struct PeerSets<'p> {
+    sets: HashMap<(Option<&'p str>, &'p [Peer]), Arc<CidrSet>>,
+    namespaces: HashMap<&'p Selector, Vec<&'p str>>,
+}
+
+impl<'p> PeerSets<'p> {
+    /// The addresses `peers` (one rule's) allow; every address if there are none.
+    fn of(&mut self, owner: &'p Policy, peers: &'p [Peer], view: &View<'p>) -> Arc<CidrSet> {
+        let own = peers
+            .iter()
+            .any(|p| {
+                matches!(
+                    p,
+                    Peer::Pods {
+                        namespaces: Namespaces::Own,
+                        ..
+                    }
+                )
+            })
+            .then_some(owner.namespace.as_str());
+        if let Some(set) = self.sets.get(&(own, peers)) {
+            return set.clone();
+        }
+        let set = Arc::new(if peers.is_empty() {
+            CidrSet::any()
+        } else {
+            let mut cidrs = Vec::new();
+            for peer in peers {
+                match peer {
+                    Peer::Block(block) => cidrs.extend(block.cidrs()),
+                    Peer::Pods { pods, namespaces } => {
+                        let own = [owner.namespace.as_str()];
+                        let in_scope: &[&str] = match namespaces {
+                            Namespaces::Own => &own,
+                            Namespaces::Matching(selector) => self
+                                .namespaces
+                                .entry(selector)
+                                .or_insert_with(|| view.namespaces_matching(selector)),
+                        };
+                        for namespace in in_scope {
+                            let selected = view.select(namespace, pods);
+                            cidrs.extend(
+                                selected
+                                    .into_iter()
+                                    .filter_map(|i| view.pods[i].ip.map(Ipv4Cidr::host)),
+                            );
+                        }
+                    }
+                }
+            }
+            CidrSet::new(cidrs)
+        });
+        self.sets.insert((own, peers), set.clone());
+        set
+    }
+}
+
 // === impl View ===
 
-/// The cluster state indexed for selection.
+/// The cluster state indexed for selection. A selector's candidates are the
+/// shortest posting list of its `matchLabels` pairs, or without those the
+/// smallest union of an `In` requirement's values, or else its namespace's
+/// pods; only candidates are matched against the whole selector.
 struct View<'a> {
+    /// Every pod, by namespace and name.
+    pods: Vec<&'a PodInfo>,
     /// Namespace labels, with the API server's name label; namespaces that
     /// only pods mention are included.
     namespaces: BTreeMap<&'a str, BTreeMap<String, String>>,
-    pods_by_namespace: BTreeMap<&'a str, Vec<&'a PodInfo>>,
+    by_namespace: HashMap<&'a str, NamespacePods<'a>>,
     pods_by_ip: BTreeMap<Ipv4Addr, &'a PodInfo>,
+}
+
+/// One namespace's pods as ascending indices into `View::pods`: all of them,
+/// and every (label key, value, pod) sorted, so the pods of one label are a
+/// run of `labelled`.
+#[derive(Default)]
+struct NamespacePods<'a> {
+    all: Vec<usize>,
+    labels: Vec<(&'a str, &'a str)>,
+    labelled: Vec<usize>,
+}
+
+impl<'a> NamespacePods<'a> {
+    fn new(pods: &[(usize, &'a PodInfo)]) -> Self {
+        let mut entries: Vec<(&str, &str, usize)> = pods
+            .iter()
+            .flat_map(|&(i, pod)| {
+                pod.labels
+                    .iter()
+                    .map(move |(k, v)| (k.as_str(), v.as_str(), i))
+            })
+            .collect();
+        entries.sort_unstable();
+        Self {
+            all: pods.iter().map(|&(i, _)| i).collect(),
+            labels: entries.iter().map(|&(k, v, _)| (k, v)).collect(),
+            labelled: entries.into_iter().map(|(_, _, i)| i).collect(),
+        }
+    }
+
+    /// The pods labelled `key=value`.
+    fn labelled(&self, key: &str, value: &str) -> &[usize] {
+        let start = self.labels.partition_point(|&l| l < (key, value));
+        let end = start + self.labels[start..].partition_point(|&l| l == (key, value));
+        &self.labelled[start..end]
+    }
 }
 
 impl<'a> View<'a> {
@@ -735,58 +967,87 @@ impl<'a> View<'a> {
             .iter()
             .map(|(name, labels)| (name.as_str(), labels.clone()))
             .collect();
-        let mut pods_by_namespace: BTreeMap<&str, Vec<&PodInfo>> = BTreeMap::new();
+        let pods: Vec<&PodInfo> = state.pods.values().collect();
+        let mut by_namespace: HashMap<&str, Vec<(usize, &PodInfo)>> = HashMap::new();
         let mut pods_by_ip = BTreeMap::new();
-        for pod in state.pods.values() {
-            namespaces.entry(pod.namespace.as_str()).or_default();
-            pods_by_namespace
-                .entry(pod.namespace.as_str())
+        // Pods come by namespace: one lookup a namespace, not a pod.
+        for run in pods
+            .iter()
+            .enumerate()
+            .collect::<Vec<_>>()
+            .chunk_by(|a, b| a.1.namespace == b.1.namespace)
+        {
+            let namespace = run[0].1.namespace.as_str();
+            namespaces.entry(namespace).or_default();
+            by_namespace
+                .entry(namespace)
                 .or_default()
-                .push(pod);
+                .extend(run.iter().map(|&(i, pod)| (i, *pod)));
+        }
+        for pod in &pods {
             if let Some(ip) = pod.ip {
-                pods_by_ip.entry(ip).or_insert(pod);
+                pods_by_ip.entry(ip).or_insert(*pod);
             }
         }
+        let by_namespace = by_namespace
+            .into_iter()
+            .map(|(namespace, pods)| (namespace, NamespacePods::new(&pods)))
+            .collect();
         for (name, labels) in &mut namespaces {
             labels.insert(NAMESPACE_NAME_LABEL.to_owned(), (*name).to_owned());
         }
         Self {
+            pods,
             namespaces,
-            pods_by_namespace,
+            by_namespace,
             pods_by_ip,
         }
     }
 
-    fn pods_in(&self, namespace: &str) -> impl Iterator<Item = &'a PodInfo> + '_ {
-        self.pods_by_namespace
-            .get(namespace)
-            .into_iter()
-            .flatten()
-            .copied()
-    }
-
-    /// A peer's addresses (before the union with the rule's other peers).
-    fn peer_cidrs(&self, owner: &Policy, peer: &Peer) -> Vec<Ipv4Cidr> {
-        match peer {
-            Peer::Block(block) => block.cidrs(),
-            Peer::Pods { pods, namespaces } => {
-                let in_scope: Vec<&str> = match namespaces {
-                    Namespaces::Own => vec![owner.namespace.as_str()],
-                    Namespaces::Matching(selector) => self
-                        .namespaces
-                        .iter()
-                        .filter(|(_, labels)| selector.matches(labels))
-                        .map(|(name, _)| *name)
-                        .collect(),
-                };
-                in_scope
-                    .into_iter()
-                    .flat_map(|ns| self.pods_in(ns))
-                    .filter(|p| pods.matches(&p.labels))
-                    .filter_map(|p| p.ip.map(Ipv4Cidr::host))
-                    .collect()
+    /// The pods of `namespace` that `selector` matches, as ascending indices
+    /// into `pods`.
+    fn select(&self, namespace: &str, selector: &Selector) -> Vec<usize> {
+        let Some(pods) = self.by_namespace.get(namespace) else {
+            return Vec::new();
+        };
+        fn shorter<'s>(best: &mut Option<Cow<'s, [usize]>>, list: Cow<'s, [usize]>) {
+            if best.as_ref().is_none_or(|b| list.len() < b.len()) {
+                *best = Some(list);
             }
         }
+        let mut candidates = None;
+        for (key, value) in &selector.labels {
+            shorter(&mut candidates, Cow::Borrowed(pods.labelled(key, value)));
+        }
+        if selector.labels.is_empty() {
+            for r in &selector.requirements {
+                if r.operator == Operator::In {
+                    let mut union: Vec<usize> = r
+                        .values
+                        .iter()
+                        .flat_map(|v| pods.labelled(&r.key, v))
+                        .copied()
+                        .collect();
+                    union.sort_unstable();
+                    shorter(&mut candidates, Cow::Owned(union));
+                }
+            }
+        }
+        let candidates = candidates.unwrap_or(Cow::Borrowed(&pods.all));
+        candidates
+            .iter()
+            .copied()
+            .filter(|&i| selector.matches(&self.pods[i].labels))
+            .collect()
+    }
+
+    /// The namespaces whose labels `selector` matches.
+    fn namespaces_matching(&self, selector: &Selector) -> Vec<&'a str> {
+        self.namespaces
+            .iter()
+            .filter(|(_, labels)| selector.matches(labels))
+            .map(|(name, _)| *name)
+            .collect()
     }
 
     /// The addressed pods whose address is in `set`.
@@ -1008,7 +1269,7 @@ mod tests {
         let selected: Vec<_> = c
             .policies()
             .iter()
-            .map(|p| (p.policy.name.as_str(), p.selected.len()))
+            .map(|p| (p.policy.name.as_str(), p.selected_pods))
             .collect();
         assert_eq!(selected, [("a-first", 1), ("b-second", 3)]);
     }
@@ -1172,5 +1433,112 @@ mod tests {
             eval(&c, ip(2), ip(1), Protocol::TCP, 80).1,
             allowed("x", "a", "ingress[0]")
         );
+    }
+
+    #[test]
+    fn only_changed_objects_are_validated_again() {
+        let two = format!("{ONLY_B}\n---\n{}", ONLY_B.replace("name: p,", "name: q,"));
+        let v1 = PolicyEngine::compile(&state(&two), None);
+        let changed = two.replacen("pod: b", "pod: c", 1);
+        let v2 = PolicyEngine::compile(&state(&changed), Some(&v1));
+        let policy = |c: &Compiled, name: &str| c.policy("x", name).map(|p| p.policy.clone());
+        let (p1, p2) = (policy(&v1, "p"), policy(&v2, "p"));
+        assert!(
+            p1.zip(p2.clone())
+                .is_some_and(|(a, b)| !Arc::ptr_eq(&a, &b))
+        );
+        let (q1, q2) = (policy(&v1, "q"), policy(&v2, "q"));
+        assert!(q1.zip(q2).is_some_and(|(a, b)| Arc::ptr_eq(&a, &b)));
+        // What was compiled is what a fresh compilation gives.
+        let fresh = PolicyEngine::compile(&state(&changed), None);
+        assert_eq!(
+            p2.map(|p| (*p).clone()),
+            policy(&fresh, "p").map(|p| (*p).clone())
+        );
+        for src in [1, 2, 3] {
+            assert_eq!(
+                eval(&v2, ip(src), ip(1), Protocol::TCP, 80),
+                eval(&fresh, ip(src), ip(1), Protocol::TCP, 80),
+                "from {src}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_label_index_selects_what_a_scan_selects() {
+        let mut s = ClusterState::default();
+        for n in 0..4 {
+            let labels = [
+                ("env", ["prod", "dev"][n % 2]),
+                ("team", ["a", "b", "c"][n % 3]),
+            ];
+            s.namespaces.insert(
+                format!("ns{n}"),
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            );
+        }
+        for i in 0..120u8 {
+            let mut labels = BTreeMap::new();
+            labels.insert("app".to_owned(), format!("app{}", i % 5));
+            if i % 3 != 0 {
+                labels.insert(
+                    "tier".to_owned(),
+                    ["web", "db"][usize::from(i % 2)].to_owned(),
+                );
+            }
+            let namespace = format!("ns{}", i % 4);
+            let name = format!("pod{i}");
+            s.pods.insert(
+                (namespace.clone(), name.clone()),
+                PodInfo {
+                    namespace,
+                    name,
+                    node: None,
+                    labels,
+                    ip: (i % 7 != 0).then(|| Ipv4Addr::new(10, 0, 1, i)),
+                    ports: Vec::new(),
+                },
+            );
+        }
+        let view = View::new(&s);
+        let selectors = [
+            "{}",
+            "{matchLabels: {app: app1}}",
+            "{matchLabels: {app: app1, tier: web}}",
+            "{matchLabels: {app: nope}}",
+            "{matchExpressions: [{key: tier, operator: In, values: [web, db]}]}",
+            "{matchExpressions: [{key: tier, operator: NotIn, values: [web]}]}",
+            "{matchExpressions: [{key: tier, operator: DoesNotExist}, {key: app, operator: In, values: [app2, app3]}]}",
+            "{matchLabels: {tier: db}, matchExpressions: [{key: app, operator: Exists}]}",
+        ];
+        for text in selectors {
+            let raw: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+                serde_yaml::from_str(text).expect("selector");
+            let object = NetworkPolicy {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta::default(),
+                spec: Some(NetworkPolicySpec {
+                    pod_selector: Some(raw),
+                    ..Default::default()
+                }),
+            };
+            let selector = Policy::validate("ns0", "p", &object)
+                .expect("valid")
+                .pod_selector;
+            for n in 0..5 {
+                let namespace = format!("ns{n}");
+                let scan: Vec<usize> = (0..view.pods.len())
+                    .filter(|&i| view.pods[i].namespace == namespace)
+                    .filter(|&i| selector.matches(&view.pods[i].labels))
+                    .collect();
+                assert_eq!(
+                    view.select(&namespace, &selector),
+                    scan,
+                    "{text} in {namespace}"
+                );
+            }
+        }
     }
 }

@@ -108,7 +108,7 @@ pub struct Rule {
 }
 
 /// Who a rule allows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Peer {
     /// Pods matching `pods` in the namespaces of `namespaces`.
     Pods {
@@ -120,7 +120,7 @@ pub enum Peer {
 }
 
 /// The namespaces a pod peer is looked for in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Namespaces {
     /// The policy's own (a peer with only a podSelector).
     Own,
@@ -129,7 +129,7 @@ pub enum Namespaces {
 }
 
 /// `cidr` without the `except` blocks, each a strict subset of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IpBlock {
     pub cidr: Ipv4Cidr,
     pub except: Vec<Ipv4Cidr>,
@@ -154,20 +154,20 @@ pub enum PortMatch {
 
 /// A label selector: every `labels` pair and every requirement must hold; the
 /// empty selector matches everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Selector {
     pub labels: BTreeMap<String, String>,
     pub requirements: Vec<Requirement>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Requirement {
     pub key: String,
     pub operator: Operator,
     pub values: BTreeSet<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operator {
     In,
     NotIn,

@@ -37,7 +37,7 @@ pub fn list(compiled: &Compiled) -> PolicyList {
                 namespace: p.policy.namespace.clone(),
                 name: p.policy.name.clone(),
                 policy_types: types.iter().filter(|t| t.1).map(|t| t.0).collect(),
-                selected_pods: p.selected.len(),
+                selected_pods: p.selected_pods,
                 previous_version: p.previous,
             }
         })
@@ -77,8 +77,8 @@ pub fn for_pod(
         pod: pod_ref(ep),
         ip: ep.ip,
         local: local(ep.ip),
-        ingress: direction(ep.ingress.as_ref()),
-        egress: direction(ep.egress.as_ref()),
+        ingress: direction(ep.ingress.as_deref()),
+        egress: direction(ep.egress.as_deref()),
     })
 }
 
