@@ -255,7 +255,8 @@ fn chain_complete(nodes: &[NodeHops]) -> bool {
             .filter_map(|h| h.tunnel)
             .all(|t| {
                 hops().any(|h| {
-                    h.point == TracePoint::FromOverlay && h.tunnel.is_some_and(|r| r.local == t.remote)
+                    h.point == TracePoint::FromOverlay
+                        && h.tunnel.is_some_and(|r| r.local == t.remote)
                 })
             })
 }
@@ -426,7 +427,10 @@ mod tests {
         };
         let from_pod = hop("n1", TracePoint::FromPod, HopAction::Received, 1);
         // The end seen before node-1 filed anything: not yet.
-        assert!(!chain_complete(&[node("n2", vec![into.clone(), end.clone()])]));
+        assert!(!chain_complete(&[node(
+            "n2",
+            vec![into.clone(), end.clone()]
+        )]));
         // node-1's first hop only: the tunnelled one is missing, but nothing says
         // so; the reception on n2 without its sender is not enough either.
         assert!(chain_complete(&[
