@@ -34,6 +34,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "reference CNI plugins for comparison",
     ),
     ("procps", "process inspection"),
+    ("iputils-ping", "ping from pods in the CNI and IPAM tests"),
     (
         "ethtool",
         "offloads off in pods for exact flow accounting tests",
