@@ -420,7 +420,11 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
         lumen.display()
     );
     println!(
-        "  {} trace --lab demo pod-1-1 203.0.113.10 --live   # the next real connection",
+        "  {} trace --lab demo pod-1-1 203.0.113.10 --live   # the next real connection; open one with:",
+        lumen.display()
+    );
+    println!(
+        "  {} lab probe --name demo pod-1-1 external 80/tcp",
         lumen.display()
     );
     println!("  {} lab status --name demo", lumen.display());
