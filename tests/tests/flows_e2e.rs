@@ -236,9 +236,13 @@ fn flow_records_match_the_traffic() {
         flow.tcp_flags.has(TcpFlags::SYN) && flow.tcp_flags.has(TcpFlags::FIN),
         "{flow:?}"
     );
+    // The record's times are its packets' (shorter than one 250 ms drain), not
+    // when the table was read; how short a loaded machine lets it be is no
+    // assertion of ours (timing belongs in benchmarks).
     assert!(
-        flow.end_ns - flow.start_ns < 5_000_000,
-        "short flow: {flow:?}"
+        flow.end_ns - flow.start_ns < 250_000_000,
+        "short flow: {took:?} at the client, {} ns recorded: {flow:?}",
+        flow.end_ns - flow.start_ns
     );
 
     let stats = harness::flow_stats(&pods.socket[0]);
