@@ -5,10 +5,10 @@
 //! with a final phase are left alone; a spec that does not read gets a
 //! `Failed` status with the reason.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lumen_api::trace::orchestrate::{self, NodeAgent};
 use lumen_api::trace::{API_VERSION, KIND, TracePhase, TraceRequest};
@@ -80,6 +80,7 @@ struct Status {
 /// Run `Traceflow` objects of `dir` whose source pod is on this node.
 pub async fn follow(dir: PathBuf, tracer: Arc<Tracer>, agents: Vec<NodeAgent>) {
     let running: Arc<Mutex<HashSet<(PathBuf, String)>>> = Arc::default();
+    let mut first_seen: HashMap<(PathBuf, String), Instant> = HashMap::new();
     loop {
         tokio::time::sleep(INTERVAL).await;
         for pending in scan(&dir) {
@@ -87,6 +88,19 @@ pub async fn follow(dir: PathBuf, tracer: Arc<Tracer>, agents: Vec<NodeAgent>) {
             if !tracer.is_local(&pending) {
                 continue;
             }
+            // A destination pod whose address the cluster state does not have
+            // yet (just created) is waited for, up to the trace's timeout.
+            let since = *first_seen.entry(key.clone()).or_insert_with(Instant::now);
+            if let Ok(request) = &pending.spec
+                && matches!(
+                    tracer.destination_ip(&request.destination),
+                    Err(super::TraceError::NoPodIp(_))
+                )
+                && since.elapsed() < Duration::from_millis(request.timeout_ms)
+            {
+                continue;
+            }
+            first_seen.remove(&key);
             if !running.lock().is_ok_and(|mut r| r.insert(key.clone())) {
                 continue;
             }
