@@ -39,12 +39,8 @@ pub const TRACES: &str = "/v1/traces";
 /// ([`crate::trace::NodeHops`]), long-polled.
 pub const TRACE_HOPS: &str = "/v1/traces/hops";
 
-/// `GET` one trace from its source node ([`crate::trace::SourceTrace`]).
-pub fn trace(id: &str) -> String {
-    format!("{TRACES}/{id}")
-}
-
-/// [`trace`], waiting as `wait` says.
+/// `GET` one trace from its source node ([`crate::trace::SourceTrace`]),
+/// waiting as `wait` says.
 pub fn trace_wait(id: &str, wait: &crate::trace::TraceWait) -> String {
     format!(
         "{TRACES}/{id}?packets={}&waitMs={}",

@@ -481,8 +481,3 @@ pub struct SourceTrace {
     #[serde(default)]
     pub packets: Vec<TracedPacket>,
 }
-
-/// The body of `POST /v1/traces/{id}/finish`: the orchestrator's result, so
-/// the source node ends the trace (disarms it, counts it) and keeps it for
-/// `GET /v1/traces/{id}`.
-pub type FinishTrace = TraceResult;

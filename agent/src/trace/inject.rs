@@ -63,10 +63,17 @@ impl Injector {
         }
     }
 
-    /// Drop the socket of a pod that went away.
-    pub fn forget(&self, pod: Ipv4Addr) {
+    fn forget(&self, pod: Ipv4Addr) {
         if let Ok(mut s) = self.sockets.lock() {
             s.remove(&pod);
+        }
+    }
+
+    /// Close the sockets of pods no longer attached: an open socket would keep
+    /// a deleted pod's namespace alive.
+    pub fn retain(&self, attached: impl Fn(Ipv4Addr) -> bool) {
+        if let Ok(mut s) = self.sockets.lock() {
+            s.retain(|ip, _| attached(*ip));
         }
     }
 

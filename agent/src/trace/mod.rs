@@ -485,6 +485,12 @@ impl Tracer {
         for id in expired {
             self.end(&id, None);
         }
+        if let Ok(eps) = self.node.endpoints.lock() {
+            let attached: std::collections::HashSet<Ipv4Addr> =
+                eps.values().map(|e| e.ip).collect();
+            drop(eps);
+            self.injector.retain(|ip| attached.contains(&ip));
+        }
     }
 }
 

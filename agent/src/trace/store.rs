@@ -60,7 +60,7 @@ impl Store {
     }
 
     /// A receiver that changes whenever a hop arrives.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
 
