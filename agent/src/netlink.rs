@@ -220,13 +220,7 @@ impl Netlink {
             .output_interface(index)
             .scope(RouteScope::Link)
             .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(request(format!("add route {dst}")))
+        self.replace_route(msg, format!("add route {dst}")).await
     }
 
     /// `ip route replace DST via GW dev INDEX onlink`.
@@ -258,13 +252,23 @@ impl Netlink {
             .destination_prefix(dst.addr(), dst.prefix())
             .kind(RouteType::Unreachable)
             .build();
+        self.replace_route(msg, format!("add unreachable route {dst}"))
+            .await
+    }
+
+    /// `ip route replace` of a built route message.
+    async fn replace_route(
+        &self,
+        msg: rtnetlink::packet_route::route::RouteMessage,
+        op: String,
+    ) -> Result<(), NetlinkError> {
         self.handle
             .route()
             .add(msg)
             .replace()
             .execute()
             .await
-            .map_err(request(format!("add unreachable route {dst}")))
+            .map_err(request(op))
     }
 
     /// Remove a route to `dst`; a missing route is not an error.
