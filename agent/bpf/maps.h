@@ -123,7 +123,7 @@ struct flow_value {
 	__u32 packets[2];
 	__u32 side[2];    /* identity | TCP flags << SIDE_FLAGS_SHIFT, per side */
 	__u32 tag;        /* VNI | FLOW_F_* | drop reason << TAG_DROP_SHIFT */
-	__u16 rule[2];    /* deciding policy rule (or default deny), [POL_INGRESS], [POL_EGRESS]; 0 no policy */
+	__u16 rule[2];    /* handle of the deciding rule (or default deny), [POL_INGRESS], [POL_EGRESS]; 0 no policy */
 };
 
 /* Ring-buffer records: the flow as it was when its end (FIN/RST) or a drop was seen. */
@@ -244,7 +244,9 @@ struct {
  * its rules in `policy_rules[first .. first + count)`; a rule matches a peer
  * address through `policy_peers` (LPM keyed by the rule's slot, so `except`
  * blocks are longer prefixes with `match = 0`) and a port through its ranges.
- * Rule ids (u16, 0 = none) name a rule or a policy's default deny for flows.
+ * Rules are named by 16-bit handles (0 = none) that the agent gives the rule
+ * ids and default denies of this node's endpoints (datapath/policy.rs); flow
+ * entries and trace events carry them.
  */
 #define POL_INGRESS 0
 #define POL_EGRESS 1
@@ -257,7 +259,7 @@ struct {
 #define RULE_PORTS 4
 
 struct ep_policy {
-	__u16 deny_rule[2]; /* the default deny's id, per direction */
+	__u16 deny_rule[2]; /* the default deny's handle, per direction */
 	__u16 first[2];     /* first slot in policy_rules, per direction */
 	__u8 count[2];      /* slots, per direction (<= MAX_RULES_PER_DIRECTION) */
 	__u8 isolated;      /* POL_ISOLATED_* */
@@ -357,7 +359,7 @@ struct trace_event {
 	__u8 point;        /* enum trace_point */
 	__u8 action;       /* enum trace_action */
 	__u8 reason;       /* enum drop_reason or TRACE_DROP_NO_ROUTE; 0 none */
-	__u16 rule;        /* at policy points: the deciding rule id, 0 no policy */
+	__u16 rule;        /* at policy points: the deciding rule's handle, 0 no policy */
 	__u32 ifindex;
 	__u32 tunnel_remote; /* the other node's underlay address, network order */
 	__u32 tag;         /* VNI sent or received */

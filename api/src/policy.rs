@@ -14,6 +14,10 @@ use crate::Ipv4Cidr;
 use crate::filter::percent_encode;
 use crate::flow::{PolicyRef, Protocol};
 
+/// A rule's (or a policy's default deny's) id in the compiled policy of the
+/// cluster; 0 names no rule. Ids are not reused while flows may carry them.
+pub type RuleId = u32;
+
 /// The namespace of a pod named without one.
 const DEFAULT_NAMESPACE: &str = "default";
 
@@ -155,15 +159,15 @@ pub struct DirectionPolicies {
 /// A rule id and what it names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleRef {
-    /// The id flows carry in the datapath.
-    pub id: u16,
+    /// The rule's id in the compiled policy.
+    pub id: RuleId,
     pub policy: PolicyRef,
 }
 
 /// One allowing rule as compiled for the pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllowingRule {
-    pub id: u16,
+    pub id: RuleId,
     pub policy: PolicyRef,
     /// The peer's addresses (the source for ingress, the destination for
     /// egress), as disjoint CIDRs: selected pods as /32s, `ipBlock`s with
@@ -341,10 +345,10 @@ pub enum EngineVerdict {
     /// A pod talking to its own address: never isolated.
     Loopback,
     /// The first allowing rule.
-    Allowed { rule: u16, policy: PolicyRef },
+    Allowed { rule: RuleId, policy: PolicyRef },
     /// Isolated and no rule allows it: the default deny of the first
     /// isolating policy.
-    DefaultDeny { rule: u16, policy: PolicyRef },
+    DefaultDeny { rule: RuleId, policy: PolicyRef },
 }
 
 impl EngineVerdict {
@@ -353,7 +357,7 @@ impl EngineVerdict {
     }
 
     /// The deciding rule id; 0 where no rule decides.
-    pub fn rule(&self) -> u16 {
+    pub fn rule(&self) -> RuleId {
         match self {
             Self::Allowed { rule, .. } | Self::DefaultDeny { rule, .. } => *rule,
             Self::NotIsolated | Self::Loopback => 0,
@@ -372,7 +376,7 @@ impl EngineVerdict {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatapathVerdict {
     /// The deciding rule id; 0 when the pod is not isolated there.
-    pub rule: u16,
+    pub rule: RuleId,
     /// What the engine calls that id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRef>,

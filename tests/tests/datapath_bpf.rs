@@ -3,6 +3,7 @@
 //! decision, the MAC rewrite, the per-CPU counters, the policy verdicts, and
 //! that `Datapath::decide` reads those verdicts back from the maps.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
@@ -11,6 +12,7 @@ use lumen_agent::datapath::abi::{EndpointValue, names};
 use lumen_agent::datapath::policy::{DirectionRules, EndpointRules, RuleEntry};
 use lumen_agent::datapath::{Datapath, FlowSettings};
 use lumen_api::Ipv4Cidr;
+use lumen_api::policy::RuleId;
 use lumen_tests::bench::netns::Netns;
 use lumen_tests::bench::packet::{tcp_packet, tcp_syn};
 use lumen_tests::harness;
@@ -169,13 +171,14 @@ fn policy_decides_each_flow_in_the_kernel() {
     }
     let (_ns, mut dp) = two_pods("lumen-test-pol");
     let stranger = Ipv4Addr::new(10, 244, 1, 9);
-    // B is isolated for ingress: rule 5 admits A on TCP 80-80; the default deny is 9.
+    // B is isolated for ingress: rule 70,005 admits A on TCP 80-80; the
+    // default deny is 70,009 (ids wider than the maps' 16-bit handles).
     let only_a_on_80 = |deny_id| EndpointRules {
         ip: POD_B,
         ingress: Some(DirectionRules {
             deny_id,
             rules: vec![RuleEntry {
-                id: 5,
+                id: 70_005,
                 peers: vec![(Ipv4Cidr::new(POD_A, 32).expect("cidr"), true)].into(),
                 ports: Some(vec![(6, 80, 80)]),
             }]
@@ -183,7 +186,7 @@ fn policy_decides_each_flow_in_the_kernel() {
         }),
         egress: None,
     };
-    dp.set_policy(&[only_a_on_80(9)]).expect("policy");
+    dp.set_policy(&[only_a_on_80(70_009)]).expect("policy");
 
     let allowed = tcp((POD_A, 40000), (POD_B, 80), SYN);
     assert_eq!(run(&mut dp, names::FROM_POD, &allowed).0, TC_ACT_REDIRECT);
@@ -221,22 +224,36 @@ fn policy_decides_each_flow_in_the_kernel() {
     );
 
     // The flow entries name the deciding rules.
-    dp.set_policy(&[only_a_on_80(9)]).expect("policy again");
+    dp.set_policy(&[only_a_on_80(70_009)])
+        .expect("policy again");
     run(&mut dp, names::FROM_POD, &more);
     run(&mut dp, names::FROM_POD, &wrong_port);
-    let maps = dp.take_flow_maps().expect("flow maps");
-    let rules: std::collections::HashMap<u16, [u16; 2]> = maps
-        .table
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, v)| (u16::from_be(k.port[0]).max(u16::from_be(k.port[1])), v.rule))
-        .collect();
-    assert_eq!(rules[&40000], [5, 0], "allowed by rule 5 (ingress)");
+    let rules = flow_rules(&mut dp);
+    assert_eq!(
+        rules[&40000],
+        [70_005, 0],
+        "allowed by rule 70,005 (ingress)"
+    );
     assert_eq!(
         rules[&40001],
-        [9, 0],
-        "denied by the default deny 9 (ingress)"
+        [70_009, 0],
+        "denied by the default deny 70,009 (ingress)"
     );
+}
+
+/// The rules [ingress, egress] each flow entry names, by the entry's higher
+/// port: the entries carry the maps' handles, named by the datapath.
+fn flow_rules(dp: &mut Datapath) -> HashMap<u16, [RuleId; 2]> {
+    let named: HashMap<u16, RuleId> = dp.rule_handles().collect();
+    let maps = dp.take_flow_maps().expect("flow maps");
+    maps.table
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| {
+            let port = u16::from_be(k.port[0]).max(u16::from_be(k.port[1]));
+            (port, v.rule.map(|h| named.get(&h).copied().unwrap_or(0)))
+        })
+        .collect()
 }
 
 #[test]
@@ -332,13 +349,7 @@ fn decide_reads_the_kernels_verdicts_back() {
         );
         decided.push((sport, d));
     }
-    let maps = dp.take_flow_maps().expect("flow maps");
-    let kernel: std::collections::HashMap<u16, [u16; 2]> = maps
-        .table
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, v)| (u16::from_be(k.port[0]).max(u16::from_be(k.port[1])), v.rule))
-        .collect();
+    let kernel = flow_rules(&mut dp);
     for ((sport, d), (src, dst, port, expected)) in decided.iter().zip(cases) {
         let case = format!("{src}:{sport} -> {dst}:{port}");
         assert_eq!(

@@ -10,22 +10,36 @@
 
 use std::net::Ipv4Addr;
 
+use lumen_api::policy::RuleId;
+
 use super::abi::{
     CFG_NO_FLOWS, CFG_POLICY, EpPolicy, MAX_RULES_PER_DIRECTION, POL_EGRESS, POL_INGRESS,
     POL_ISOLATED_EGRESS, POL_ISOLATED_INGRESS, PeerKey, PolicyRule, RULE_PORTS, be_addr, names,
 };
 use super::{Datapath, DatapathError};
 
-/// What the datapath decides for a flow opened from `from` to `to`.
+/// What the datapath decides for a flow opened from `from` to `to`, with the
+/// rules as the maps name them (handles, or the engine's ids once named).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DatapathDecision {
-    /// The rule (or default deny) id deciding ingress at `to`; 0 when `to` is
+pub struct DatapathDecision<Id = RuleId> {
+    /// The rule (or default deny) deciding ingress at `to`; 0 when `to` is
     /// not an isolated endpoint of this node.
-    pub ingress_rule: u16,
+    pub ingress_rule: Id,
     /// The same for egress at `from`.
-    pub egress_rule: u16,
+    pub egress_rule: Id,
     /// The flow is dropped.
     pub denied: bool,
+}
+
+impl DatapathDecision<u16> {
+    /// The decision with each handle replaced by the rule id it names.
+    pub(crate) fn named(self, id: impl Fn(u16) -> RuleId) -> DatapathDecision {
+        DatapathDecision {
+            ingress_rule: id(self.ingress_rule),
+            egress_rule: id(self.egress_rule),
+            denied: self.denied,
+        }
+    }
 }
 
 /// The lookups `policy_decide` makes, each `None` where BPF gets `NULL`.
@@ -84,7 +98,7 @@ pub(crate) fn policy_decide<M: PolicyMaps>(
     to: Ipv4Addr,
     proto: u8,
     port: u16,
-) -> Result<DatapathDecision, M::Error> {
+) -> Result<DatapathDecision<u16>, M::Error> {
     const TCP: u8 = 6;
     const UDP: u8 = 17;
     const SCTP: u8 = 132;
@@ -165,7 +179,8 @@ impl Datapath {
         if config.flags & CFG_NO_FLOWS != 0 || config.flags & CFG_POLICY == 0 {
             return Ok(DatapathDecision::default());
         }
-        policy_decide(self, from, to, proto, port)
+        let decision = policy_decide(self, from, to, proto, port)?;
+        Ok(decision.named(|handle| self.policy.rule_id(handle)))
     }
 }
 
@@ -245,7 +260,7 @@ mod tests {
     const POLICIES: &str = "---\nkind: NetworkPolicy\nmetadata: {name: a-in, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n    ports: [{port: web}, {protocol: UDP, port: 53, endPort: 60}]\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.2/31]}}]\n    ports: [{protocol: SCTP, port: 80}]\n\
         ---\nkind: NetworkPolicy\nmetadata: {name: b-out, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {}}]\n    ports: [{port: web}, {port: 1}, {port: 2}, {port: 3}, {port: 4}, {port: 5}]\n";
 
-    fn id(v: &DirectionVerdict) -> u16 {
+    fn id(v: &DirectionVerdict) -> RuleId {
         match v {
             DirectionVerdict::Allowed { rule, .. } | DirectionVerdict::DefaultDeny { rule, .. } => {
                 *rule
@@ -259,10 +274,15 @@ mod tests {
         let compiled = PolicyEngine::compile(&state(&format!("{PODS}{POLICIES}")), None);
         assert!(compiled.rejected.is_empty(), "{:?}", compiled.rejected);
         // Every pod is this node's.
-        let (change, _) = Installed::default()
+        let (change, installed) = Installed::default()
             .plan(&local_rules(&compiled, |_| true))
             .expect("layout fits");
         let maps = Maps::new(change);
+        let decide = |src, dst, proto, port| {
+            policy_decide(&maps, src, dst, proto, port)
+                .expect("infallible")
+                .named(|h| installed.rule_id(h))
+        };
         let ips = [1, 2, 3].map(|n| Ipv4Addr::new(10, 0, 0, n));
         let outside = Ipv4Addr::new(10, 9, 9, 9);
         let mut denied = 0;
@@ -281,7 +301,7 @@ mod tests {
                     (Protocol::ICMP, 8080),
                 ] {
                     let engine = compiled.evaluate(src, dst, proto, port);
-                    let kernel = policy_decide(&maps, src, dst, proto.0, port).expect("infallible");
+                    let kernel = decide(src, dst, proto.0, port);
                     let case = format!("{src} -> {dst} {proto}/{port}");
                     assert_eq!(kernel.egress_rule, id(&engine.egress), "egress {case}");
                     assert_eq!(kernel.ingress_rule, id(&engine.ingress), "ingress {case}");
@@ -293,10 +313,10 @@ mod tests {
         assert!(denied > 10, "the grid has denials ({denied})");
         // The named port resolves to a's 8080 (an entry of its own); five
         // numeric ports take two slots. All three carry the rule's one id.
-        let b_to_a = policy_decide(&maps, ips[1], ips[0], 6, 8080).expect("infallible");
+        let b_to_a = decide(ips[1], ips[0], 6, 8080);
         assert!(!b_to_a.denied && b_to_a.egress_rule != 0 && b_to_a.ingress_rule != 0);
         for port in [1, 5] {
-            let b_to_c = policy_decide(&maps, ips[1], ips[2], 6, port).expect("infallible");
+            let b_to_c = decide(ips[1], ips[2], 6, port);
             assert_eq!(b_to_c.egress_rule, b_to_a.egress_rule, "port {port}");
             assert!(!b_to_c.denied, "port {port}");
         }
@@ -317,6 +337,6 @@ mod tests {
             80,
         )
         .expect("infallible");
-        assert_eq!(d, DatapathDecision::default());
+        assert_eq!(d, DatapathDecision::<u16>::default());
     }
 }

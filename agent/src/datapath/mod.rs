@@ -29,6 +29,7 @@ use abi::{
     names,
 };
 pub use decide::DatapathDecision;
+use lumen_api::policy::RuleId;
 use policy::{EndpointRules, Installed, LayoutError};
 
 /// The compiled datapath, built by build.rs.
@@ -386,6 +387,12 @@ impl Datapath {
             config.flags & !CFG_POLICY
         };
         self.write_config(config)
+    }
+
+    /// The rule handles the policy maps have given out, in use or retired,
+    /// and the rule id each names (or last named).
+    pub fn rule_handles(&self) -> impl Iterator<Item = (u16, RuleId)> + '_ {
+        self.policy.handles()
     }
 
     /// Policy map entries written or removed by the changes so far: what the

@@ -11,12 +11,20 @@
 //! them with one `ep_policy` update each (so no endpoint ever sees a mix of
 //! old and new rules), and only then are the runs no endpoint uses any more
 //! removed and their slots freed.
+//!
+//! Rule ids are the engine's ([`RuleId`], 32 bits, cluster-wide); the maps
+//! and the flow entries carry 16-bit *handles* that only name the rules of
+//! this node's endpoints ([`Handles`]). A handle keeps its rule while any
+//! endpoint uses it, and a freed handle goes to the back of the free queue,
+//! so it is handed out again as late as possible and a flow decided under it
+//! keeps its name.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use lumen_api::Ipv4Cidr;
+use lumen_api::policy::RuleId;
 
 use super::abi::{
     EpPolicy, MAX_POLICY_RULES, MAX_RULES_PER_DIRECTION, POL_EGRESS, POL_INGRESS,
@@ -26,8 +34,8 @@ use super::abi::{
 /// One rule of one endpoint and direction, as the compiler hands it over.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RuleEntry {
-    /// The id flows carry to name this rule (non-zero).
-    pub id: u16,
+    /// The engine's id of this rule (non-zero).
+    pub id: RuleId,
     /// Peer prefixes: `true` matches, `false` is an `except` inside a match.
     pub peers: Arc<[(Ipv4Cidr, bool)]>,
     /// (protocol, first port, last port); `None`: every protocol and port.
@@ -37,7 +45,7 @@ pub struct RuleEntry {
 /// One direction of one endpoint: isolated with a default-deny id, and rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectionRules {
-    pub deny_id: u16,
+    pub deny_id: RuleId,
     /// Endpoints may share one list: it is laid out once for all of them.
     pub rules: Arc<[RuleEntry]>,
 }
@@ -61,6 +69,11 @@ pub enum LayoutError {
         "the node's policies, with the rules they replace, need more than the datapath's {MAX_POLICY_RULES} rule slots"
     )]
     TooManySlots,
+    #[error(
+        "the node's endpoints are decided by more than the datapath's {} rules and default denies",
+        u16::MAX
+    )]
+    TooManyRuleIds,
 }
 
 /// What one change writes, in this order: `rules` and `peers` (new runs, in
@@ -108,6 +121,7 @@ pub struct Installed {
     /// First slot by rules.
     by_rules: HashMap<Arc<[RuleEntry]>, u32>,
     free: FreeSlots,
+    handles: Handles,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +145,17 @@ impl Installed {
         self.endpoints.get(&addr).map(|e| e.value)
     }
 
+    /// The handles given out so far, in use or retired, and the rule id each
+    /// names (or last named).
+    pub fn handles(&self) -> impl Iterator<Item = (u16, RuleId)> + '_ {
+        self.handles.named()
+    }
+
+    /// The rule id a handle names (or last named); 0 for handle 0.
+    pub fn rule_id(&self, handle: u16) -> RuleId {
+        self.handles.id(handle)
+    }
+
     /// The change from what is installed to `endpoints`, and what is installed
     /// after it. An address listed twice gets its last entry.
     pub fn plan(&self, endpoints: &[EndpointRules]) -> Result<(Change, Self), LayoutError> {
@@ -140,7 +165,24 @@ impl Installed {
             runs: self.runs.clone(),
             by_rules: self.by_rules.clone(),
             free: self.free.clone(),
+            handles: self.handles.clone(),
         };
+        // Every id the endpoints need has a handle before anything is laid out.
+        let mut wanted = HashSet::new();
+        let mut seen: HashSet<*const RuleEntry> = HashSet::new();
+        for dir in endpoints
+            .iter()
+            .flat_map(|ep| [&ep.ingress, &ep.egress])
+            .flatten()
+        {
+            let ids = std::iter::once(dir.deny_id);
+            let rules = seen.insert(dir.rules.as_ptr()).then(|| dir.rules.iter());
+            for id in ids.chain(rules.into_iter().flatten().map(|r| r.id)) {
+                if wanted.insert(id) {
+                    next.handles.take(id)?;
+                }
+            }
+        }
         // Runs found for a list of rules in this change, by the list's address:
         // endpoints sharing one list are looked up once.
         let mut found: HashMap<*const RuleEntry, u32> = HashMap::new();
@@ -160,7 +202,7 @@ impl Installed {
                 };
                 let value = &mut installed.value;
                 value.isolated |= flag;
-                value.deny_rule[index] = dir.deny_id;
+                value.deny_rule[index] = next.handles.handle(dir.deny_id);
                 if dir.rules.is_empty() {
                     continue;
                 }
@@ -205,13 +247,14 @@ impl Installed {
             runs,
             by_rules,
             free,
+            handles,
             ..
         } = &mut next;
         runs.retain(|&first, run| {
             if used.contains(&first) {
                 return true;
             }
-            lay_out(&run.rules, first, |_, _, peers| {
+            lay_out(&run.rules, first, handles, |_, _, peers| {
                 change
                     .stale_peers
                     .extend(peers.iter().map(|(len, key, _)| (*len, *key)));
@@ -220,6 +263,7 @@ impl Installed {
             free.release(first, run.slots);
             false
         });
+        handles.keep_only(&wanted);
         Ok((change, next))
     }
 
@@ -242,7 +286,7 @@ impl Installed {
         }
         let slots = slots as u32;
         let first = self.free.take(slots).ok_or(LayoutError::TooManySlots)?;
-        lay_out(rules, first, |slot, rule, peers| {
+        lay_out(rules, first, &self.handles, |slot, rule, peers| {
             change.rules.push((slot, rule));
             change.peers.extend_from_slice(peers);
         });
@@ -274,6 +318,7 @@ fn slot_count(rules: &[RuleEntry]) -> usize {
 fn lay_out(
     rules: &[RuleEntry],
     first: u32,
+    handles: &Handles,
     mut f: impl FnMut(u32, PolicyRule, &[(u32, PeerKey, u32)]),
 ) {
     let mut slot = first;
@@ -285,7 +330,7 @@ fn lay_out(
         };
         for chunk in chunks {
             let mut value = PolicyRule {
-                id: rule.id,
+                id: handles.handle(rule.id),
                 nports: chunk.len() as u8,
                 ..PolicyRule::default()
             };
@@ -308,6 +353,70 @@ fn lay_out(
             f(slot, value, &peers);
             slot += 1;
         }
+    }
+}
+
+// === impl Handles ===
+
+/// The 16-bit handles of the rule ids this node's endpoints use.
+#[derive(Debug, Clone)]
+struct Handles {
+    /// By rule id, the ids in use.
+    by_id: HashMap<RuleId, u16>,
+    /// By handle, the id it names or last named (0: never given out).
+    ids: Vec<RuleId>,
+    /// Handles not in use, the longest free first.
+    free: VecDeque<u16>,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Self {
+            by_id: HashMap::new(),
+            ids: vec![0; usize::from(u16::MAX) + 1],
+            // Handle 0 means "no rule" to the datapath.
+            free: (1..=u16::MAX).collect(),
+        }
+    }
+}
+
+impl Handles {
+    /// `id`'s handle, given out now if it has none.
+    fn take(&mut self, id: RuleId) -> Result<u16, LayoutError> {
+        if let Some(&handle) = self.by_id.get(&id) {
+            return Ok(handle);
+        }
+        let handle = self.free.pop_front().ok_or(LayoutError::TooManyRuleIds)?;
+        self.by_id.insert(id, handle);
+        self.ids[usize::from(handle)] = id;
+        Ok(handle)
+    }
+
+    /// `id`'s handle; 0 if it has none (`plan` gives every id it lays out one).
+    fn handle(&self, id: RuleId) -> u16 {
+        self.by_id.get(&id).copied().unwrap_or(0)
+    }
+
+    fn id(&self, handle: u16) -> RuleId {
+        self.ids[usize::from(handle)]
+    }
+
+    /// The handles of ids not in `used` go to the back of the free queue.
+    fn keep_only(&mut self, used: &HashSet<RuleId>) {
+        let free = &mut self.free;
+        self.by_id.retain(|id, handle| {
+            let keep = used.contains(id);
+            if !keep {
+                free.push_back(*handle);
+            }
+            keep
+        });
+    }
+
+    fn named(&self) -> impl Iterator<Item = (u16, RuleId)> + '_ {
+        (0..=u16::MAX)
+            .zip(self.ids.iter().copied())
+            .filter(|&(_, id)| id != 0)
     }
 }
 
@@ -362,7 +471,7 @@ mod tests {
         Ipv4Addr::new(10, 244, 1, n)
     }
 
-    fn rule(id: u16, peers: &[&str]) -> RuleEntry {
+    fn rule(id: RuleId, peers: &[&str]) -> RuleEntry {
         RuleEntry {
             id,
             peers: peers.iter().map(|p| (cidr(p), true)).collect(),
@@ -370,7 +479,7 @@ mod tests {
         }
     }
 
-    fn ingress(n: u8, deny_id: u16, rules: &Arc<[RuleEntry]>) -> EndpointRules {
+    fn ingress(n: u8, deny_id: RuleId, rules: &Arc<[RuleEntry]>) -> EndpointRules {
         EndpointRules {
             ip: ip(n),
             ingress: Some(DirectionRules {
@@ -396,7 +505,7 @@ mod tests {
         let eps = [EndpointRules {
             ip: ip(2),
             ingress: Some(DirectionRules {
-                deny_id: 7,
+                deny_id: 70_007,
                 rules: Arc::from([RuleEntry {
                     id: 3,
                     peers: Arc::from([(cidr("10.0.0.0/8"), true), (cidr("10.1.0.0/16"), false)]),
@@ -404,14 +513,22 @@ mod tests {
                 }]),
             }),
             egress: Some(DirectionRules {
-                deny_id: 8,
+                deny_id: 4_000_000_008,
                 rules: Arc::from([]),
             }),
         }];
-        let (l, _) = Installed::default().plan(&eps).expect("fits");
+        let (l, installed) = Installed::default().plan(&eps).expect("fits");
         let (_, ep) = l.endpoints[0];
         assert_eq!(ep.isolated, POL_ISOLATED_INGRESS | POL_ISOLATED_EGRESS);
-        assert_eq!(ep.deny_rule, [7, 8]);
+        // The maps carry handles, in the order the ids were met.
+        assert_eq!(ep.deny_rule, [1, 3]);
+        assert_eq!(l.rules[0].1.id, 2);
+        let named = |h: u16| installed.rule_id(h);
+        assert_eq!(
+            [1, 2, 3, 0].map(named),
+            [70_007, 3, 4_000_000_008, 0],
+            "handle 0 names nothing"
+        );
         assert_eq!(
             (ep.first[POL_INGRESS], ep.count[POL_INGRESS]),
             (0, 2),
@@ -450,6 +567,39 @@ mod tests {
             Installed::default().plan(&eps).map(|_| ()),
             Err(LayoutError::TooManySlots)
         );
+    }
+
+    #[test]
+    fn handles_are_reused_last_and_run_out_cleanly() {
+        let a: Arc<[RuleEntry]> = Arc::from([rule(100_000, &[])]);
+        let b: Arc<[RuleEntry]> = Arc::from([rule(200_000, &[])]);
+        let (_, v1) = Installed::default()
+            .plan(&[ingress(2, 100_001, &a)])
+            .expect("fits");
+        // a's ids are no longer used: b gets fresh handles, not a's.
+        let (change, v2) = v1.plan(&[ingress(2, 200_001, &b)]).expect("fits");
+        let ep = value(&change, 2).expect("switches");
+        assert_eq!(ep.deny_rule[POL_INGRESS], 3);
+        assert_eq!(change.rules[0].1.id, 4);
+        // A retired handle still names its rule, for flows decided under it.
+        assert_eq!((v2.rule_id(1), v2.rule_id(2)), (100_001, 100_000));
+        assert_eq!(v2.handles().count(), 4);
+
+        // More rule ids than handles: refused, and nothing changes.
+        let eps: Vec<EndpointRules> = (0..u32::from(u16::MAX) + 1)
+            .map(|i| EndpointRules {
+                ip: Ipv4Addr::from(0x0a00_0000 + i),
+                ingress: Some(DirectionRules {
+                    deny_id: 1_000_000 + i,
+                    rules: Arc::from([]),
+                }),
+                egress: None,
+            })
+            .collect();
+        assert_eq!(v2.plan(&eps).map(|_| ()), Err(LayoutError::TooManyRuleIds));
+        assert_eq!(v2.rule_id(3), 200_001);
+        let (_, v3) = v2.plan(&eps[..60_000]).expect("fits");
+        assert_eq!(v3.rule_id(60_004), 1_000_000 + 59_999, "handles 5.. first");
     }
 
     #[test]

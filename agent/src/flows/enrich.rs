@@ -31,7 +31,7 @@ pub trait NodeLookup {
     fn node_of(&self, ip: Ipv4Addr) -> Option<&str>;
 }
 
-/// Policy rules by the datapath's rule id (0: no policy).
+/// Policy rules by the datapath's rule handle (0: no policy).
 pub trait PolicyLookup {
     fn rule(&self, id: u16) -> Option<PolicyRef>;
 }
@@ -44,8 +44,9 @@ pub struct ClusterLookup {
     pod_cidrs: Vec<(Ipv4Cidr, String)>,
 }
 
-/// The rule ids of the policy in force, shared by the policy controller (which
-/// replaces them on every change) and the flow pipeline (which names verdicts).
+/// The names of the datapath's rule handles (`datapath::policy`), shared by
+/// the policy controller (which replaces them on every change) and the flow
+/// pipeline and trace store (which name verdicts).
 #[derive(Debug, Clone, Default)]
 pub struct PolicyRules(Arc<RwLock<HashMap<u16, PolicyRef>>>);
 

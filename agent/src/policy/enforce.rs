@@ -1,6 +1,6 @@
 //! Enforcement on this node: the compiled policy of the node's own endpoints
-//! written into the datapath's maps, and the names of every rule id handed to
-//! the flow pipeline, so flows name what decided them.
+//! written into the datapath's maps, and the names of the rule handles those
+//! maps use handed to the flow pipeline, so flows name what decided them.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -115,10 +115,14 @@ impl Enforcer {
         let endpoints = local_rules(&compiled, local);
         if let Ok(mut dp) = datapath.lock() {
             dp.set_policy(&endpoints)?;
+            // Flows and traces carry the maps' handles; a retired handle keeps
+            // its name while its rule is still in the compiled policy.
+            let names: HashMap<u16, PolicyRef> = dp
+                .rule_handles()
+                .filter_map(|(handle, id)| Some((handle, compiled.rule(id)?.clone())))
+                .collect();
+            self.rules.replace(names);
         }
-        let names: HashMap<u16, PolicyRef> =
-            compiled.rules().map(|(id, r)| (id, r.clone())).collect();
-        self.rules.replace(names);
         tracing::info!(
             policies = compiled.policies().len(),
             rejected = compiled.rejected.len(),

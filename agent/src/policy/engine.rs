@@ -62,6 +62,7 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::NetworkPolicySpec;
 use lumen_api::Ipv4Cidr;
 use lumen_api::flow::{PolicyRef, Protocol, RuleAction};
+use lumen_api::policy::RuleId;
 
 use super::cidrs::CidrSet;
 use super::model::{Namespaces, Operator, Peer, Policy, PolicyError, PortMatch, Rule, Selector};
@@ -77,8 +78,6 @@ pub enum CompileError {
     Invalid(#[from] PolicyError),
     #[error("not a NetworkPolicy: {reason}")]
     Unreadable { reason: String },
-    #[error("the policies in force need more than {} rule ids", u16::MAX)]
-    RuleIds,
 }
 
 /// A policy that is not compiled, and why.
@@ -133,7 +132,7 @@ pub struct EndpointPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectionRules {
     /// The default deny's rule id, from the first policy isolating the endpoint.
-    pub deny_id: u16,
+    pub deny_id: RuleId,
     /// What `deny_id` names (an empty `rule`).
     pub deny: Arc<PolicyRef>,
     /// Allowing entries in evaluation order.
@@ -143,7 +142,7 @@ pub struct DirectionRules {
 /// One allowing entry; see the module documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleEntry {
-    pub id: u16,
+    pub id: RuleId,
     pub policy: Arc<PolicyRef>,
     pub peers: Arc<CidrSet>,
     pub ports: Ports,
@@ -175,9 +174,9 @@ pub enum DirectionVerdict {
     /// a pod cannot be isolated from itself.
     Loopback,
     /// The first allowing rule (policies by namespace and name, rules by index).
-    Allowed { rule: u16, policy: PolicyRef },
+    Allowed { rule: RuleId, policy: PolicyRef },
     /// Isolated and no rule allows it; `policy` is the first isolating policy.
-    DefaultDeny { rule: u16, policy: PolicyRef },
+    DefaultDeny { rule: RuleId, policy: PolicyRef },
 }
 
 impl DirectionVerdict {
@@ -215,8 +214,10 @@ pub struct Compiled {
     endpoints: Vec<EndpointPolicy>,
     /// Index into `endpoints` of the first pod with each address.
     by_ip: HashMap<Ipv4Addr, usize>,
-    rules: BTreeMap<u16, Arc<PolicyRef>>,
-    ids: RuleIds,
+    rules: BTreeMap<RuleId, Arc<PolicyRef>>,
+    ids: IdTable,
+    /// The next fresh rule id (see `allocate_ids`).
+    next_id: RuleId,
     validated: Validations,
 }
 
@@ -243,7 +244,7 @@ struct Validated {
 }
 
 /// The rule ids of each policy, by namespace and name.
-type RuleIds = HashMap<String, HashMap<String, PolicyIds>>;
+type IdTable = HashMap<String, HashMap<String, PolicyIds>>;
 
 /// One policy's rule ids, per direction (ingress, egress) if it has it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -252,9 +253,9 @@ struct PolicyIds([Option<DirectionIds>; 2]);
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct DirectionIds {
     /// The default deny's.
-    deny: u16,
+    deny: RuleId,
     /// Each rule's, by index.
-    rules: Vec<u16>,
+    rules: Vec<RuleId>,
 }
 
 // === impl PolicyEngine ===
@@ -342,28 +343,7 @@ impl PolicyEngine {
             });
         }
 
-        let (ids, failed) = allocate_ids(&policies, &selections, &endpoint_of, previous);
-        if !failed.is_empty() {
-            let mut kept = Vec::with_capacity(policies.len());
-            let mut kept_selections = Vec::with_capacity(policies.len());
-            for (p, selected) in policies.into_iter().zip(selections) {
-                let key = (p.policy.namespace.clone(), p.policy.name.clone());
-                if !failed.contains(&key) {
-                    kept.push(p);
-                    kept_selections.push(selected);
-                    continue;
-                }
-                rejected.push(Rejected {
-                    namespace: key.0,
-                    name: key.1,
-                    reason: CompileError::RuleIds,
-                    previous_in_force: false,
-                });
-            }
-            policies = kept;
-            selections = kept_selections;
-            rejected.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        }
+        let (ids, next_id) = allocate_ids(&policies, &selections, &endpoint_of, previous);
 
         // Each policy's directions compiled once, and for every endpoint and
         // direction the policies isolating it, in evaluation order.
@@ -478,6 +458,7 @@ impl PolicyEngine {
             by_ip,
             rules,
             ids,
+            next_id,
             validated,
         }
     }
@@ -493,15 +474,16 @@ fn policy_ref(policy: &Policy, rule: String, action: RuleAction) -> PolicyRef {
 }
 
 /// Ids for every rule and default deny of the policies that select an
-/// addressed pod: the previous compilation's where it had one, else the lowest
-/// id it did not use, else the lowest free. Returns the policies that did not
-/// get all their ids.
+/// addressed pod: the previous compilation's where it had one, else the next
+/// value of a counter that only moves forward (past `u32::MAX` it starts over
+/// at 1, skipping ids in use), so a freed id is not handed out again while
+/// flows may still carry it. Returns the ids and the counter's next value.
 fn allocate_ids(
     policies: &[InForce],
     selections: &[Vec<usize>],
     endpoint_of: &[Option<usize>],
     previous: Option<&Compiled>,
-) -> (RuleIds, HashSet<(String, String)>) {
+) -> (IdTable, RuleId) {
     let wanted: Vec<&Policy> = policies
         .iter()
         .zip(selections)
@@ -517,82 +499,48 @@ fn allocate_ids(
         [policy.ingress.as_ref(), policy.egress.as_ref()]
     }
 
-    let slots = usize::from(u16::MAX) + 1;
-    let mut used = vec![false; slots];
-    let mut used_before = vec![false; slots];
-    // Id 0 means "no rule" to the datapath.
-    used[0] = true;
-    if let Some(previous) = previous {
-        for p in previous.ids.values().flat_map(HashMap::values) {
-            for d in p.0.iter().flatten() {
-                for &id in std::iter::once(&d.deny).chain(&d.rules) {
-                    used_before[usize::from(id)] = true;
-                }
-            }
-        }
-    }
     // The previous ids of the rules that are still there are kept.
+    let mut kept = HashSet::new();
     for &policy in &wanted {
         let Some(old) = before(policy) else { continue };
         for (list, old) in directions(policy).into_iter().zip(&old.0) {
             if let (Some(list), Some(old)) = (list, old) {
-                used[usize::from(old.deny)] = true;
-                for &id in old.rules.iter().take(list.len()) {
-                    used[usize::from(id)] = true;
-                }
+                kept.insert(old.deny);
+                kept.extend(old.rules.iter().take(list.len()));
             }
         }
     }
-    let mut fresh = 1usize;
-    let mut reused = 1usize;
-    let mut next = |used: &mut Vec<bool>| -> Option<u16> {
-        while fresh < slots && (used[fresh] || used_before[fresh]) {
-            fresh += 1;
+    // Id 0 means "no rule" to the datapath.
+    let mut counter = previous.map_or(1, |p| p.next_id).max(1);
+    let mut next = || {
+        while kept.contains(&counter) {
+            counter = counter.checked_add(1).unwrap_or(1);
         }
-        let pick = if fresh < slots {
-            fresh
-        } else {
-            while reused < slots && used[reused] {
-                reused += 1;
-            }
-            reused
-        };
-        let id = u16::try_from(pick).ok()?;
-        used[pick] = true;
-        Some(id)
+        let id = counter;
+        counter = counter.checked_add(1).unwrap_or(1);
+        id
     };
-    let mut ids = RuleIds::new();
-    let mut failed = HashSet::new();
+    let mut ids = IdTable::new();
     for policy in wanted {
         let old = before(policy);
         let mut got = PolicyIds::default();
-        let mut complete = true;
         for (side, list) in directions(policy).into_iter().enumerate() {
             let Some(list) = list else { continue };
             let old = old.and_then(|o| o.0[side].as_ref());
-            let mut id = |kept: Option<u16>| {
-                kept.or_else(|| {
-                    let id = if complete { next(&mut used) } else { None };
-                    complete &= id.is_some();
-                    id
-                })
-                .unwrap_or(0)
-            };
-            let deny = id(old.map(|o| o.deny));
+            let deny = old.map_or_else(&mut next, |o| o.deny);
             let rules = (0..list.len())
-                .map(|i| id(old.and_then(|o| o.rules.get(i).copied())))
+                .map(|i| {
+                    old.and_then(|o| o.rules.get(i).copied())
+                        .unwrap_or_else(&mut next)
+                })
                 .collect();
             got.0[side] = Some(DirectionIds { deny, rules });
         }
-        if complete {
-            ids.entry(policy.namespace.clone())
-                .or_default()
-                .insert(policy.name.clone(), got);
-        } else {
-            failed.insert((policy.namespace.clone(), policy.name.clone()));
-        }
+        ids.entry(policy.namespace.clone())
+            .or_default()
+            .insert(policy.name.clone(), got);
     }
-    (ids, failed)
+    (ids, counter)
 }
 
 // === impl Compiled ===
@@ -629,12 +577,12 @@ impl Compiled {
     }
 
     /// The rule (or default deny, with an empty `rule`) an id names.
-    pub fn rule(&self, id: u16) -> Option<&PolicyRef> {
+    pub fn rule(&self, id: RuleId) -> Option<&PolicyRef> {
         self.rules.get(&id).map(|r| &**r)
     }
 
     /// Every rule id in use and what it names.
-    pub fn rules(&self) -> impl Iterator<Item = (u16, &PolicyRef)> {
+    pub fn rules(&self) -> impl Iterator<Item = (RuleId, &PolicyRef)> {
         self.rules.iter().map(|(id, r)| (*id, &**r))
     }
 
@@ -705,7 +653,7 @@ impl Ports {
 
 /// One direction of one policy, compiled.
 struct CompiledDirection {
-    deny_id: u16,
+    deny_id: RuleId,
     deny: Arc<PolicyRef>,
     rules: Vec<CompiledRule>,
     /// Some rule's entries depend on the endpoint (`CompiledRule::per_pod`).
@@ -715,7 +663,7 @@ struct CompiledDirection {
 /// One rule of one policy, with everything that does not depend on the
 /// endpoint it is compiled for.
 struct CompiledRule {
-    id: u16,
+    id: RuleId,
     policy: Arc<PolicyRef>,
     direction: Direction,
     peers: Arc<CidrSet>,
@@ -729,7 +677,7 @@ struct CompiledRule {
 
 impl CompiledRule {
     fn new<'p>(
-        id: u16,
+        id: RuleId,
         policy: Arc<PolicyRef>,
         owner: &'p Policy,
         direction: Direction,
@@ -1282,7 +1230,7 @@ mod tests {
             )
         };
         let v1 = PolicyEngine::compile(&state(&(policy("m") + &policy("z"))), None);
-        let ids = |c: &Compiled, name: &str| -> Vec<(u16, String)> {
+        let ids = |c: &Compiled, name: &str| -> Vec<(RuleId, String)> {
             c.rules()
                 .filter(|(_, r)| r.name == name)
                 .map(|(id, r)| (id, r.rule.clone()))
@@ -1405,7 +1353,7 @@ mod tests {
     }
 
     #[test]
-    fn rule_ids_run_out_cleanly() {
+    fn rule_ids_go_past_sixteen_bits() {
         let mut s = state("");
         for (name, rules) in [("a", 40_000), ("b", 30_000)] {
             let policy = NetworkPolicy {
@@ -1422,13 +1370,13 @@ mod tests {
             s.add_policy(&policy);
         }
         let c = PolicyEngine::compile(&s, None);
-        let rejected: Vec<_> = c
-            .rejected
-            .iter()
-            .map(|r| (r.name.as_str(), r.reason.clone()))
-            .collect();
-        assert_eq!(rejected, [("b", CompileError::RuleIds)]);
-        assert_eq!(c.rules().count(), 40_001);
+        assert!(c.rejected.is_empty(), "{:?}", c.rejected);
+        assert_eq!(c.rules().count(), 70_002);
+        let (last, rule) = c.rules().last().expect("rules");
+        assert_eq!(
+            (last, rule.name.as_str(), rule.rule.as_str()),
+            (70_002, "b", "ingress[29999]")
+        );
         assert_eq!(
             eval(&c, ip(2), ip(1), Protocol::TCP, 80).1,
             allowed("x", "a", "ingress[0]")

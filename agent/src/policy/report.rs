@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use lumen_api::policy::{
     AllowingRule, DatapathVerdict, DirectionExplanation, DirectionPolicies, EngineVerdict,
     ExplainRequest, ExplainedEnd, Explanation, Peer, PodPolicies, PodRef, PolicyList,
-    PolicySummary, PolicyType, PortRange, RejectedPolicy, RuleRef,
+    PolicySummary, PolicyType, PortRange, RejectedPolicy, RuleId, RuleRef,
 };
 
 use super::engine::{Compiled, DirectionRules, DirectionVerdict, EndpointPolicy, Ports};
@@ -168,7 +168,7 @@ pub fn explain(
     } else {
         None
     };
-    let explained = |verdict: DirectionVerdict, here: bool, rule: Option<u16>| {
+    let explained = |verdict: DirectionVerdict, here: bool, rule: Option<RuleId>| {
         let engine = engine_verdict(verdict);
         let datapath = decision.zip(rule).map(|(d, rule)| DatapathVerdict {
             rule,

@@ -150,7 +150,8 @@ pub fn run(options: Options) -> Result<()> {
     let compile_mib = mib(alloc::allocated() - before);
     let kept_mib = mib(alloc::in_use().saturating_sub(in_use));
     let isolated = compiled.endpoints().filter(|e| e.ingress.is_some()).count();
-    let refused = compiled.rejected.len();
+    let refused = compiled.rejected.clone();
+    let rule_ids = compiled.rules().count();
     // The enforcement below is a node agent's steady state: not beside this.
     drop((compiled, state));
 
@@ -180,10 +181,18 @@ pub fn run(options: Options) -> Result<()> {
         "allocated while compiling", compile_mib
     );
     println!("{:<52} {:>8.1} MiB", "  held by the result", kept_mib);
-    if refused > 0 {
+    println!(
+        "{:<52} {:>12}",
+        "  rule ids (rules and default denies)", rule_ids
+    );
+    if let Some(first) = refused.first() {
         println!(
-            "{:<52} {:>12}",
-            "  policies refused (u16 rule ids exhausted)", refused
+            "{:<52} {:>12}  (first: {}/{}: {})",
+            "  policies refused",
+            refused.len(),
+            first.namespace,
+            first.name,
+            first.reason
         );
     }
     println!(

@@ -84,7 +84,7 @@ mod tests {
     use lumen_api::flow::{PolicyRef, Protocol, RuleAction};
     use lumen_api::policy::{
         DatapathVerdict, DirectionExplanation, DirectionPolicies, EngineVerdict, ExplainedEnd,
-        PodRef, PolicySummary, PolicyType, RejectedPolicy,
+        PodRef, PolicySummary, PolicyType, RejectedPolicy, RuleId,
     };
 
     use super::*;
@@ -165,7 +165,7 @@ mod tests {
         assert_eq!(pick(&[("node-1", false), ("node-3", false)]), "node-1");
     }
 
-    fn direction(node: Option<&str>, rule: u16) -> DirectionExplanation {
+    fn direction(node: Option<&str>, rule: RuleId) -> DirectionExplanation {
         let policy = PolicyRef {
             namespace: "x".into(),
             name: "p".into(),
