@@ -83,7 +83,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    let source = ManifestSource::start(config.manifests.clone(), Duration::from_millis(250))?;
+    let source = ManifestSource::start(config.manifests.clone(), Duration::from_secs(2))?;
     let rx = source.watch();
     let state = rx.borrow().clone();
     let socket = config.socket.clone();

@@ -1,19 +1,25 @@
 //! The manifest-directory source: Kubernetes YAML files (Namespace, Node, Pod,
 //! NetworkPolicy; more kinds are ignored) in one directory, re-read whenever a file changes.
 //!
-//! Polling file metadata keeps this dependency-free and works on any filesystem;
-//! a half-written file is skipped with a warning and picked up on the next change.
+//! A change is noticed through inotify (`dirwatch`) within milliseconds, and
+//! by a slower poll of the files' metadata as well (for filesystems without
+//! inotify, and writers it does not see). Only files whose size, time or inode
+//! changed are parsed again, so a change costs one file's parse, not the
+//! directory's. A half-written file is skipped with a warning and picked up on
+//! the next change.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use super::dirwatch::DirWatch;
 use super::{ClusterSource, ClusterState};
 
 /// Why reading the manifest directory failed.
@@ -33,28 +39,38 @@ pub struct ManifestSource {
     rx: watch::Receiver<Arc<ClusterState>>,
 }
 
-type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64)>;
-
 impl ManifestSource {
-    /// Read the directory once, then keep watching it every `interval`.
-    pub fn start(dir: PathBuf, interval: Duration) -> Result<Self, ManifestError> {
-        let (print, state) = load(&dir)?;
-        let (tx, rx) = watch::channel(Arc::new(state));
+    /// Read the directory once, then re-read what changes: when inotify says
+    /// so, and at the latest every `poll`.
+    pub fn start(dir: PathBuf, poll: Duration) -> Result<Self, ManifestError> {
+        let mut files = Files::default();
+        files.refresh(&dir)?;
+        let (tx, rx) = watch::channel(Arc::new(files.state()));
+        let mut inotify = DirWatch::new(&dir)
+            .inspect_err(|error| {
+                tracing::warn!(%error, "no inotify on the manifest directory: polling only");
+            })
+            .ok();
         tokio::spawn(async move {
-            let mut last = print;
             loop {
-                tokio::time::sleep(interval).await;
-                match fingerprint(&dir) {
-                    Ok(now) if now == last => continue,
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "manifest directory unreadable");
-                        continue;
+                let woken = match inotify.as_mut() {
+                    Some(w) => tokio::select! {
+                        woken = w.changed() => Some(woken),
+                        () = tokio::time::sleep(poll) => None,
+                    },
+                    None => {
+                        tokio::time::sleep(poll).await;
+                        None
                     }
+                };
+                if let Some(Err(error)) = woken {
+                    tracing::warn!(%error, "inotify failed: polling only");
+                    inotify = None;
                 }
-                match load(&dir) {
-                    Ok((print, state)) => {
-                        last = print;
+                match files.refresh(&dir) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        let state = files.state();
                         tx.send_if_modified(|old| {
                             let changed = **old != state;
                             if changed {
@@ -80,6 +96,65 @@ impl ClusterSource for ManifestSource {
     }
 }
 
+/// What identifies a version of a file: a rewrite in place changes the
+/// size or time, a replacement by rename the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    modified_ns: i128,
+    len: u64,
+    inode: u64,
+}
+
+/// Every manifest file's objects as last read, by path.
+#[derive(Debug, Default)]
+struct Files(BTreeMap<PathBuf, (Version, ClusterState)>);
+
+impl Files {
+    /// Read the files that are new or changed and forget the ones gone;
+    /// `true` if anything did.
+    fn refresh(&mut self, dir: &Path) -> Result<bool, ManifestError> {
+        let mut seen = BTreeMap::new();
+        for path in manifest_files(dir)? {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let version = Version {
+                modified_ns: i128::from(meta.mtime()) * 1_000_000_000
+                    + i128::from(meta.mtime_nsec()),
+                len: meta.len(),
+                inode: meta.ino(),
+            };
+            seen.insert(path, version);
+        }
+        let before = self.0.len();
+        self.0.retain(|path, _| seen.contains_key(path));
+        let mut changed = self.0.len() != before;
+        for (path, version) in seen {
+            if self.0.get(&path).is_some_and(|(v, _)| *v == version) {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let mut objects = ClusterState::default();
+            parse_into(&mut objects, &path, &text);
+            self.0.insert(path, (version, objects));
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Every file's objects together, in the order of their paths (an object
+    /// in two files: the later path's).
+    fn state(&self) -> ClusterState {
+        let mut state = ClusterState::default();
+        for (_, objects) in self.0.values() {
+            state.merge(objects);
+        }
+        state
+    }
+}
+
 fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ManifestError::ReadDir {
         path: dir.to_owned(),
@@ -98,16 +173,6 @@ fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     Ok(files)
 }
 
-fn fingerprint(dir: &Path) -> Result<Fingerprint, ManifestError> {
-    Ok(manifest_files(dir)?
-        .into_iter()
-        .filter_map(|p| {
-            let meta = std::fs::metadata(&p).ok()?;
-            Some((p, (meta.modified().ok()?, meta.len())))
-        })
-        .collect())
-}
-
 #[derive(Deserialize)]
 struct TypeMeta {
     kind: Option<String>,
@@ -118,18 +183,6 @@ struct TypeMeta {
 struct Names {
     name: Option<String>,
     namespace: Option<String>,
-}
-
-fn load(dir: &Path) -> Result<(Fingerprint, ClusterState), ManifestError> {
-    let print = fingerprint(dir)?;
-    let mut state = ClusterState::default();
-    for path in print.keys() {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        parse_into(&mut state, path, &text);
-    }
-    Ok((print, state))
 }
 
 /// Add every supported object of a (multi-document) YAML file to `state`.
@@ -237,6 +290,34 @@ metadata: {name: ignored}
             state.policies.keys().collect::<Vec<_>>(),
             [&("x".to_owned(), "deny".to_owned())]
         );
+    }
+
+    #[test]
+    fn files_are_read_again_only_when_they_change() {
+        let dir = std::env::temp_dir().join(format!("lumen-manifests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ns = |name: &str, team: &str| {
+            format!("kind: Namespace\nmetadata: {{name: {name}, labels: {{team: {team}}}}}\n")
+        };
+        std::fs::write(dir.join("a.yaml"), ns("a", "one")).expect("write");
+        std::fs::write(dir.join("b.yaml"), ns("b", "one")).expect("write");
+        std::fs::write(dir.join("notes.txt"), "not a manifest").expect("write");
+        let mut files = Files::default();
+        assert!(files.refresh(&dir).expect("readable"));
+        assert_eq!(files.state().namespaces.len(), 2);
+        assert!(!files.refresh(&dir).expect("readable"), "nothing changed");
+
+        // Replaced by rename (same size, maybe the same time): still seen.
+        std::fs::write(dir.join("b.tmp"), ns("b", "two")).expect("write");
+        std::fs::rename(dir.join("b.tmp"), dir.join("b.yaml")).expect("rename");
+        assert!(files.refresh(&dir).expect("readable"));
+        assert_eq!(files.state().namespaces["b"]["team"], "two");
+
+        std::fs::remove_file(dir.join("a.yaml")).expect("remove");
+        assert!(files.refresh(&dir).expect("readable"));
+        let state = files.state();
+        assert_eq!(state.namespaces.keys().collect::<Vec<_>>(), ["b"]);
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

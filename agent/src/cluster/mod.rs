@@ -2,6 +2,7 @@
 //! to know, behind one trait with two sources — a manifest directory of Kubernetes YAML (the lab,
 //! and anyone without an API server) and, later, Kubernetes watchers.
 
+mod dirwatch;
 pub mod manifest;
 
 use std::collections::BTreeMap;
@@ -143,6 +144,22 @@ impl ClusterState {
         let namespace = namespace.unwrap_or("default").to_owned();
         self.unreadable_policies
             .insert((namespace, name.to_owned()), reason);
+    }
+
+    /// Add `other`'s objects; an object both have becomes `other`'s.
+    pub fn merge(&mut self, other: &Self) {
+        let Self {
+            nodes,
+            namespaces,
+            pods,
+            policies,
+            unreadable_policies,
+        } = other;
+        self.nodes.extend(nodes.clone());
+        self.namespaces.extend(namespaces.clone());
+        self.pods.extend(pods.clone());
+        self.policies.extend(policies.clone());
+        self.unreadable_policies.extend(unreadable_policies.clone());
     }
 }
 

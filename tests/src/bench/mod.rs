@@ -20,6 +20,7 @@ pub mod netns;
 pub mod packet;
 pub mod policy;
 pub mod policy_tax;
+pub mod policy_update;
 pub mod report;
 pub mod rr;
 pub mod server;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lumen_tests::bench::{
-    bpf, cni, datapath, export, memory, metrics, policy, policy_tax, rr, trace,
+    bpf, cni, datapath, export, memory, metrics, policy, policy_tax, policy_update, rr, trace,
 };
 
 #[global_allocator]
@@ -111,6 +111,14 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// A policy change end to end: manifest file -> the kernel's maps decide
+    /// by it, in a live lab.
+    PolicyUpdate {
+        #[arg(long, default_value_t = 1_000)]
+        present: usize,
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+    },
     /// RR echo server inside a namespace (used by `datapath`).
     #[command(hide = true)]
     RrServer {
@@ -196,6 +204,9 @@ fn run(args: Args) -> Result<()> {
             runs,
             seconds,
         }),
+        Bench::PolicyUpdate { present, changes } => {
+            policy_update::run(policy_update::Options { present, changes })
+        }
         Bench::RrServer { netns, port } => rr::serve(&netns, port),
         Bench::RrClient {
             netns,
