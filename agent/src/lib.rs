@@ -14,6 +14,7 @@ pub mod node;
 pub mod overlay;
 pub mod pods;
 pub mod policy;
+pub mod reaper;
 pub mod server;
 pub mod trace;
 

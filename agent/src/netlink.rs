@@ -169,6 +169,41 @@ impl Netlink {
         self.require_link(host).await
     }
 
+    /// Put the link `name` in link group `group`; `false` if there is no such link.
+    pub async fn set_group(&self, name: &str, group: u32) -> Result<bool, NetlinkError> {
+        let result = self
+            .handle
+            .link()
+            .set(LinkUnspec::new_with_name(name).link_group(group).build())
+            .execute()
+            .await;
+        match result {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.map(|c| -c.get()) == Some(libc::ENODEV) =>
+            {
+                Ok(false)
+            }
+            Err(source) => Err(NetlinkError::Request {
+                op: format!("set link {name} group {group}"),
+                source,
+            }),
+        }
+    }
+
+    /// Delete every link of link group `group` in one request (`ip link
+    /// delete group`): the kernel tears them down together.
+    pub async fn delete_group(&self, group: u32) -> Result<(), NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.attributes.push(LinkAttribute::Group(group));
+        self.handle
+            .link()
+            .del_with_message(message)
+            .execute()
+            .await
+            .map_err(request(format!("delete link group {group}")))
+    }
+
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
         self.handle
             .link()

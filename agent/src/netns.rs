@@ -59,41 +59,16 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    on_thread(Some(path), work).await
-}
-
-/// Run `work` on a fresh thread in the agent's own namespace. For netlink requests
-/// the kernel answers slowly and synchronously (a veth deletion waits out an RCU
-/// grace period inside `sendmsg`): on the runtime's two workers they would queue
-/// behind each other, on threads of their own they overlap.
-pub async fn run_here<F, Fut, T, E>(work: F) -> Result<Result<T, E>, NetnsError>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, E>>,
-    T: Send + 'static,
-    E: Send + 'static,
-{
-    on_thread(None, work).await
-}
-
-async fn on_thread<F, Fut, T, E>(path: Option<&Path>, work: F) -> Result<Result<T, E>, NetnsError>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, E>>,
-    T: Send + 'static,
-    E: Send + 'static,
-{
-    let shown = path.map_or_else(|| PathBuf::from("(agent namespace)"), Path::to_owned);
-    let owned = path.map(Path::to_owned);
-    let thread_shown = shown.clone();
+    let shown = path.to_owned();
+    let owned = path.to_owned();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let outcome = owned.as_deref().map_or(Ok(()), enter).and_then(|()| {
+        let outcome = enter(&owned).and_then(|()| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|source| NetnsError::Runtime {
-                    path: thread_shown,
+                    path: owned,
                     source,
                 })?;
             Ok(rt.block_on(work()))

@@ -19,6 +19,7 @@ use crate::masquerade::{self, MasqueradeError};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::overlay::{self, Overlay};
 use crate::policy::enforce::Enforcer;
+use crate::reaper::{LinkReaper, ReaperError};
 
 /// Name of the node's VXLAN device.
 pub const VXLAN_IFACE: &str = "lumen_vxlan";
@@ -75,6 +76,8 @@ pub enum NodeError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Masquerade(#[from] MasqueradeError),
+    #[error(transparent)]
+    Reaper(#[from] ReaperError),
 }
 
 /// Everything the pod operations and the API share.
@@ -89,6 +92,8 @@ pub struct Node {
     pub pod_mtu: u32,
     /// NetworkPolicy in force on this node.
     pub policy: Enforcer,
+    /// Deletes pod veths in batches.
+    pub reaper: LinkReaper,
 }
 
 impl Node {
@@ -149,6 +154,7 @@ impl Node {
             "node datapath up"
         );
         let policy = Enforcer::new(config.flows.rules.clone());
+        let reaper = LinkReaper::start()?;
         Ok(Self {
             config,
             netlink,
@@ -158,6 +164,7 @@ impl Node {
             node_ip,
             pod_mtu,
             policy,
+            reaper,
         })
     }
 

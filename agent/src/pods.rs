@@ -267,16 +267,9 @@ impl Node {
         if let Ok(mut eps) = self.endpoints.lock() {
             eps.remove(key);
         }
-        // A socket and a thread of its own: the kernel handles one socket's requests
-        // in order, and the deletion blocks in the kernel for an RCU grace period.
-        let name = host_name.clone();
-        let deleted =
-            netns::run_here(move || async move { Netlink::connect()?.delete_link(&name).await })
-                .await;
-        match deleted {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(host = %host_name, %error, "deleting the veth failed"),
-            Err(error) => tracing::warn!(host = %host_name, %error, "deleting the veth failed"),
+        // Batched with the other DELs under way (`reaper`).
+        if let Err(error) = self.reaper.delete(&host_name).await {
+            tracing::warn!(host = %host_name, %error, "deleting the veth failed");
         }
     }
 
