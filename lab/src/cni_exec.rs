@@ -6,13 +6,14 @@ use std::fmt;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::{Value, json};
 
-use crate::LabError;
+use crate::netio::netns;
 use crate::state::{Node, Pod, write_atomic};
 use crate::topology::describe;
+use crate::{LabError, config};
 
 /// The CNI spec version the lab speaks.
 pub const CNI_VERSION: &str = "1.1.0";
@@ -146,10 +147,14 @@ fn run_plugin(
     config: &Value,
 ) -> Result<Value, LabError> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &node.netns])
-        .arg(bin_dir.join("lumen-cni"))
-        .env_clear()
+    let node_netns = config::netns_path(&node.netns);
+    let mut cmd = netns::command_in(&node_netns, bin_dir.join("lumen-cni")).map_err(|source| {
+        LabError::Netns {
+            netns: node.netns.clone(),
+            source,
+        }
+    })?;
+    cmd.env_clear()
         .env("PATH", path)
         .env("CNI_COMMAND", command.to_string())
         .env("CNI_CONTAINERID", &pod.container_id)

@@ -2,7 +2,7 @@
 //! to know, behind one trait with two sources — a manifest directory of Kubernetes YAML (the lab,
 //! and anyone without an API server) and, later, Kubernetes watchers.
 
-mod dirwatch;
+pub mod dirwatch;
 pub mod manifest;
 
 use std::collections::BTreeMap;

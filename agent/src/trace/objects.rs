@@ -16,9 +16,13 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::Tracer;
+use crate::cluster::dirwatch::DirWatch;
 
-/// How often the directory is looked at.
+/// How often the directory is looked at while an object waits for its
+/// destination pod's address; otherwise inotify wakes the scan, and `IDLE`
+/// is only the fallback.
 const INTERVAL: Duration = Duration::from_millis(250);
+const IDLE: Duration = Duration::from_secs(2);
 
 /// Why a `Traceflow` file could not be updated.
 #[derive(Debug, thiserror::Error)]
@@ -81,9 +85,32 @@ struct Status {
 pub async fn follow(dir: PathBuf, tracer: Arc<Tracer>, agents: Vec<NodeAgent>) {
     let running: Arc<Mutex<HashSet<(PathBuf, String)>>> = Arc::default();
     let mut first_seen: HashMap<(PathBuf, String), Instant> = HashMap::new();
+    let mut inotify = DirWatch::new(&dir)
+        .inspect_err(|error| tracing::warn!(%error, "no inotify for Traceflow objects: polling"))
+        .ok();
+    let mut first = true;
     loop {
-        tokio::time::sleep(INTERVAL).await;
-        for pending in scan(&dir) {
+        let poll = if first_seen.is_empty() {
+            IDLE
+        } else {
+            INTERVAL
+        };
+        match inotify.as_mut() {
+            _ if first => first = false,
+            Some(w) => tokio::select! {
+                woken = w.changed() => if let Err(error) = woken {
+                    tracing::warn!(%error, "inotify failed: polling for Traceflow objects");
+                    inotify = None;
+                },
+                () = tokio::time::sleep(poll) => {}
+            },
+            None => tokio::time::sleep(poll).await,
+        }
+        let pendings = scan(&dir);
+        // Objects gone or no longer pending are not waited for.
+        first_seen
+            .retain(|(path, name), _| pendings.iter().any(|p| p.path == *path && p.name == *name));
+        for pending in pendings {
             let key = (pending.path.clone(), pending.name.clone());
             if !tracer.is_local(&pending) {
                 continue;
