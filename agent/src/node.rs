@@ -146,7 +146,7 @@ impl Node {
         // A cluster address no pod or node CIDR route claims has no pod: refuse
         // it here rather than send it out by the default route.
         netlink.route_unreachable(config.cluster_cidr).await?;
-        masquerade::install(config.cluster_cidr, VXLAN_IFACE)?;
+        masquerade::install(config.cluster_cidr, VXLAN_IFACE, config.vxlan_port)?;
 
         let ipam = Ipam::open(&config.state_dir.join("ipam.json"), pod_cidr)?;
         tracing::info!(
