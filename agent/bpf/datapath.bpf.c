@@ -7,6 +7,8 @@
  *   from_overlay VXLAN ingress      (decapsulated packets from other nodes)
  *   to_overlay   VXLAN egress       (host-stack packets routed to remote pod CIDRs)
  *   to_underlay  uplink egress      (traced packets leaving the node: masquerade hop)
+ *   from_underlay uplink ingress    (the overlay's receiving fast path: VXLAN packets
+ *                                    for local pods decapsulated and delivered here)
  * Traced packets also report each hop (trace.h). Packets redirected between these hooks skip the host stack and the egress hook
  * of their target, so every packet is accounted exactly once per node.
  */
@@ -153,37 +155,33 @@ int to_pod(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-SEC("classifier")
-int from_overlay(struct __sk_buff *skb)
+/* A packet that came over the overlay, decapsulated: `tag` is its VNI, `remote`
+ * the sending node's underlay address (network order). Accounted and policed,
+ * then delivered to its pod or handed to this node's host stack. */
+static __always_inline int overlay_rx(struct __sk_buff *skb, struct pkt *p, __u32 tag,
+				      __u32 remote, __u32 ifindex)
 {
-	struct bpf_tunnel_key key = {};
 	struct flow_obs obs = {};
 	struct trace_ctx t = {};
 	struct dp_config *cfg;
 	struct endpoint *dst;
-	struct pkt p;
 	__u8 drop = 0;
 
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0))
-		return TC_ACT_OK;
 	count(CNT_FROM_OVERLAY);
-	if (key.tunnel_id & TAG_TRACE)
+	if (tag & TAG_TRACE)
 		skb->mark |= MARK_TRACE;
-	if (parse_ipv4(skb, &p))
-		return TC_ACT_OK;
-	trace_marked(skb, &p, key.tunnel_id & TAG_TRACE, &t);
+	trace_marked(skb, p, tag & TAG_TRACE, &t);
 	if (t.traced)
-		trace_hop(&t, TP_FROM_OVERLAY, TA_RECEIVED, 0, 0, skb->ifindex,
-			  bpf_htonl(key.remote_ipv4), key.tunnel_id);
+		trace_hop(&t, TP_FROM_OVERLAY, TA_RECEIVED, 0, 0, ifindex, remote, tag);
 	cfg = dp_config();
-	dst = endpoint_of(p.daddr);
+	dst = endpoint_of(p->daddr);
 	if (cfg) {
-		observe_addrs(&obs, &p, cfg, skb, DIR_INGRESS);
+		observe_addrs(&obs, p, cfg, skb, DIR_INGRESS);
 		/* The sender's identity comes with the packet: no lookup. */
-		obs.src_identity = key.tunnel_id & TAG_IDENTITY_MASK;
-		obs.tag = key.tunnel_id;
-		drop = flow_track(skb, &p, cfg, &obs);
-		if (t.traced && trace_policy(&t, cfg, drop, 0, dst != 0, skb->ifindex))
+		obs.src_identity = tag & TAG_IDENTITY_MASK;
+		obs.tag = tag;
+		drop = flow_track(skb, p, cfg, &obs);
+		if (t.traced && trace_policy(&t, cfg, drop, 0, dst != 0, ifindex))
 			return dropped(drop);
 		if (drop)
 			return dropped(drop);
@@ -203,7 +201,79 @@ int from_overlay(struct __sk_buff *skb)
 		if (t.flags & TRACE_F_INJECTED)
 			return TC_ACT_SHOT;
 	}
-	return deliver_local(skb, &p, dst);
+	return deliver_local(skb, p, dst);
+}
+
+SEC("classifier")
+int from_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	struct pkt p;
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0))
+		return TC_ACT_OK;
+	if (parse_ipv4(skb, &p))
+		return TC_ACT_OK;
+	return overlay_rx(skb, &p, key.tunnel_id, bpf_htonl(key.remote_ipv4), skb->ifindex);
+}
+
+/* A VXLAN header (RFC 7348): flags (the I bit) and the VNI in the top 24 bits. */
+struct vxlan_hdr {
+	__u32 flags;
+	__u32 vni;
+};
+
+#define VXLAN_FLAG_I 0x08000000u
+#define IP_MF 0x2000     /* iphdr.frag_off, host order */
+#define IP_OFFSET 0x1fff
+#define VXLAN_OVERHEAD (sizeof(struct iphdr) + sizeof(struct udphdr) + \
+			sizeof(struct vxlan_hdr) + sizeof(struct ethhdr))
+
+/*
+ * The fast path of the overlay's receiving side, on the node's uplink: a plain
+ * (not GSO) VXLAN packet for a pod of this node is decapsulated here and
+ * delivered as from_overlay would, skipping the host stack's IP and UDP receive,
+ * netfilter, the VXLAN device and its GRO cell. Everything else, GSO packets
+ * included (the device's path keeps their GRO), goes on to the VXLAN device and
+ * from_overlay unchanged.
+ */
+SEC("classifier")
+int from_underlay(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	struct vxlan_hdr *vx = (void *)(udp + 1);
+	struct ethhdr *inner_eth = (void *)(vx + 1);
+	struct iphdr *inner = (void *)(inner_eth + 1);
+	struct dp_config *cfg;
+	__u32 tag, remote;
+	struct pkt p;
+
+	if ((void *)(inner + 1) > data_end)
+		return TC_ACT_OK;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5 ||
+	    ip->protocol != IPPROTO_UDP)
+		return TC_ACT_OK;
+	/* Fragments, and ECN congestion marks (the device carries them inside). */
+	if ((ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) || (ip->tos & 3) == 3)
+		return TC_ACT_OK;
+	cfg = dp_config();
+	if (!cfg || !cfg->vxlan_port || udp->dest != bpf_htons(cfg->vxlan_port) ||
+	    ip->daddr != cfg->node_ip || vx->flags != bpf_htonl(VXLAN_FLAG_I))
+		return TC_ACT_OK;
+	if (inner_eth->h_proto != bpf_htons(ETH_P_IP) || inner->version != 4 || skb->gso_size ||
+	    !endpoint_of(inner->daddr))
+		return TC_ACT_OK;
+	tag = bpf_ntohl(vx->vni) >> 8;
+	remote = ip->saddr;
+	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, 0))
+		return TC_ACT_OK;
+	if (parse_ipv4(skb, &p))
+		return TC_ACT_SHOT;
+	return overlay_rx(skb, &p, tag, remote, cfg->vxlan_ifindex);
 }
 
 /* The tunnelled hop of a traced packet; the VNI carries the trace on, so the

@@ -28,6 +28,7 @@ int main(void)
 	FIELD(dp_config, flags);
 	FIELD(dp_config, events_per_sec);
 	FIELD(dp_config, policy_epoch);
+	FIELD(dp_config, vxlan_port);
 	FIELD(flow_key, addr);
 	FIELD(flow_key, port);
 	FIELD(flow_key, proto);

@@ -142,7 +142,7 @@ impl Node {
             config.flow_settings,
         )?;
         datapath.attach_overlay(VXLAN_IFACE)?;
-        datapath.attach_underlay(&config.underlay_iface)?;
+        datapath.attach_underlay(&config.underlay_iface, config.vxlan_port)?;
         // A cluster address no pod or node CIDR route claims has no pod: refuse
         // it here rather than send it out by the default route.
         netlink.route_unreachable(config.cluster_cidr).await?;

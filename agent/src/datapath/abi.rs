@@ -39,7 +39,8 @@ pub struct DpConfig {
     pub flags: u32,
     pub events_per_sec: u32,
     pub policy_epoch: u32,
-    pub _pad: u32,
+    /// Host order; 0 until `from_underlay` is attached.
+    pub vxlan_port: u32,
 }
 
 /// `dp_config.flags`: flow tracking off.
@@ -371,6 +372,7 @@ pub mod names {
     pub const FROM_OVERLAY: &str = "from_overlay";
     pub const TO_OVERLAY: &str = "to_overlay";
     pub const TO_UNDERLAY: &str = "to_underlay";
+    pub const FROM_UNDERLAY: &str = "from_underlay";
     pub const NOOP: &str = "noop";
     pub const TRACE_EVENTS: &str = "trace_events";
     pub const TRACE_PACKETS: &str = "trace_packets";
@@ -435,6 +437,7 @@ mod tests {
                 offset_of!(DpConfig, policy_epoch),
                 4,
             ),
+            ("dp_config.vxlan_port", offset_of!(DpConfig, vxlan_port), 4),
             ("flow_key.addr", offset_of!(FlowKey, addr), 8),
             ("flow_key.port", offset_of!(FlowKey, port), 4),
             ("flow_key.proto", offset_of!(FlowKey, proto), 1),

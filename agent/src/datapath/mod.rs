@@ -100,10 +100,16 @@ const OVERLAY_HOOKS: [Hook; 2] = [
     },
 ];
 
-const UNDERLAY_HOOKS: [Hook; 1] = [Hook {
-    program: names::TO_UNDERLAY,
-    direction: TcAttachType::Egress,
-}];
+const UNDERLAY_HOOKS: [Hook; 2] = [
+    Hook {
+        program: names::TO_UNDERLAY,
+        direction: TcAttachType::Egress,
+    },
+    Hook {
+        program: names::FROM_UNDERLAY,
+        direction: TcAttachType::Ingress,
+    },
+];
 
 /// Sizes fixed when the object is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +240,7 @@ impl Datapath {
             names::FROM_OVERLAY,
             names::TO_OVERLAY,
             names::TO_UNDERLAY,
+            names::FROM_UNDERLAY,
             names::NOOP,
         ] {
             program(&mut ebpf, name)?
@@ -312,7 +319,7 @@ impl Datapath {
             flags: if flows.enabled { 0 } else { CFG_NO_FLOWS },
             events_per_sec: flows.events_per_sec,
             policy_epoch: 1,
-            _pad: 0,
+            vxlan_port: self.config_value.vxlan_port,
         };
         self.write_config(value)
     }
@@ -336,7 +343,20 @@ impl Datapath {
     /// Flows keep their verdicts until the flow pipeline resets them
     /// (`Flows::reevaluate`).
     pub fn set_policy(&mut self, endpoints: &[EndpointRules]) -> Result<(), DatapathError> {
+        self.set_policy_with(endpoints, |_| ())
+    }
+
+    /// [`Self::set_policy`], calling `before_write` with what the maps will
+    /// hold once the plan fits and before anything is written: whoever names
+    /// the rule handles for flows learns the new ones before a packet can
+    /// carry them.
+    pub fn set_policy_with(
+        &mut self,
+        endpoints: &[EndpointRules],
+        before_write: impl FnOnce(&Installed),
+    ) -> Result<(), DatapathError> {
         let (change, next) = self.policy.plan(endpoints)?;
+        before_write(&next);
         let isolated = !endpoints.is_empty();
         let flag_set = self.config_value.flags & CFG_POLICY != 0;
         if change.is_empty() && isolated == flag_set {
@@ -415,10 +435,16 @@ impl Datapath {
         self.attach(iface, &OVERLAY_HOOKS)
     }
 
-    /// Attach `to_underlay` to the node's uplink: traced packets leaving the
-    /// node report the masquerade hop there.
-    pub fn attach_underlay(&mut self, iface: &str) -> Result<(), DatapathError> {
-        self.attach(iface, &UNDERLAY_HOOKS)
+    /// Attach `to_underlay` and `from_underlay` to the node's uplink: traced
+    /// packets leaving the node report the masquerade hop there, and VXLAN
+    /// packets to `vxlan_port` for local pods are decapsulated there.
+    pub fn attach_underlay(&mut self, iface: &str, vxlan_port: u16) -> Result<(), DatapathError> {
+        self.attach(iface, &UNDERLAY_HOOKS)?;
+        let config = DpConfig {
+            vxlan_port: u32::from(vxlan_port),
+            ..self.config_value
+        };
+        self.write_config(config)
     }
 
     /// Attach the pod programs to a host veth and publish the endpoint.

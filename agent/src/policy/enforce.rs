@@ -114,14 +114,16 @@ impl Enforcer {
         }
         let endpoints = local_rules(&compiled, local);
         if let Ok(mut dp) = datapath.lock() {
-            dp.set_policy(&endpoints)?;
-            // Flows and traces carry the maps' handles; a retired handle keeps
-            // its name while its rule is still in the compiled policy.
-            let names: HashMap<u16, PolicyRef> = dp
-                .rule_handles()
-                .filter_map(|(handle, id)| Some((handle, compiled.rule(id)?.clone())))
-                .collect();
-            self.rules.replace(names);
+            // Flows and traces carry the maps' handles: the new ones are named
+            // before the maps can hand them out. A retired handle keeps its
+            // name while its rule is still in the compiled policy.
+            dp.set_policy_with(&endpoints, |next| {
+                let names: HashMap<u16, PolicyRef> = next
+                    .handles()
+                    .filter_map(|(handle, id)| Some((handle, compiled.rule(id)?.clone())))
+                    .collect();
+                self.rules.replace(names);
+            })?;
         }
         tracing::info!(
             policies = compiled.policies().len(),
