@@ -19,7 +19,7 @@ use crate::masquerade::{self, MasqueradeError};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::overlay::{self, Overlay};
 use crate::policy::enforce::Enforcer;
-use crate::reaper::{LinkReaper, ReaperError};
+use crate::reaper::LinkReaper;
 
 /// Name of the node's VXLAN device.
 pub const VXLAN_IFACE: &str = "lumen_vxlan";
@@ -76,8 +76,8 @@ pub enum NodeError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Masquerade(#[from] MasqueradeError),
-    #[error(transparent)]
-    Reaper(#[from] ReaperError),
+    #[error("starting the link reaper failed")]
+    Reaper(#[source] std::io::Error),
 }
 
 /// Everything the pod operations and the API share.
@@ -154,7 +154,7 @@ impl Node {
             "node datapath up"
         );
         let policy = Enforcer::new(config.flows.rules.clone());
-        let reaper = LinkReaper::start()?;
+        let reaper = LinkReaper::start().map_err(NodeError::Reaper)?;
         Ok(Self {
             config,
             netlink,

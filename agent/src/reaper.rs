@@ -32,8 +32,6 @@ pub enum ReaperError {
     Delete(#[source] Arc<NetlinkError>),
     #[error("the link reaper is gone")]
     Gone,
-    #[error("the link reaper thread could not start")]
-    Spawn(#[source] std::io::Error),
 }
 
 type Request = (String, oneshot::Sender<Result<(), ReaperError>>);
@@ -46,16 +44,14 @@ pub struct LinkReaper {
 
 impl LinkReaper {
     /// Start the reaper's thread in the calling thread's network namespace.
-    pub fn start() -> Result<Self, ReaperError> {
+    pub fn start() -> std::io::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .map_err(ReaperError::Spawn)?;
+            .build()?;
         std::thread::Builder::new()
             .name("link-reaper".into())
-            .spawn(move || runtime.block_on(reap(rx)))
-            .map_err(ReaperError::Spawn)?;
+            .spawn(move || runtime.block_on(reap(rx)))?;
         Ok(Self { tx })
     }
 
