@@ -41,6 +41,23 @@ impl NetlinkError {
     }
 }
 
+/// A request on a link: `true` if done, `false` if the link is not there
+/// (`ENODEV`), else the failure of `op`.
+fn found(
+    result: Result<(), rtnetlink::Error>,
+    op: impl FnOnce() -> String,
+) -> Result<bool, NetlinkError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.code.map(|c| -c.get()) == Some(libc::ENODEV) =>
+        {
+            Ok(false)
+        }
+        Err(source) => Err(NetlinkError::Request { op: op(), source }),
+    }
+}
+
 /// What we need to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -103,18 +120,8 @@ impl Netlink {
         let Some(link) = self.link(name).await? else {
             return Ok(false);
         };
-        match self.handle.link().del(link.index).execute().await {
-            Ok(()) => Ok(true),
-            Err(rtnetlink::Error::NetlinkError(e))
-                if e.code.map(|c| -c.get()) == Some(libc::ENODEV) =>
-            {
-                Ok(false)
-            }
-            Err(source) => Err(NetlinkError::Request {
-                op: format!("delete link {name}"),
-                source,
-            }),
-        }
+        let result = self.handle.link().del(link.index).execute().await;
+        found(result, || format!("delete link {name}"))
     }
 
     /// A VXLAN device in external (collect_md) mode: the datapath sets the tunnel
@@ -177,18 +184,7 @@ impl Netlink {
             .set(LinkUnspec::new_with_name(name).link_group(group).build())
             .execute()
             .await;
-        match result {
-            Ok(()) => Ok(true),
-            Err(rtnetlink::Error::NetlinkError(e))
-                if e.code.map(|c| -c.get()) == Some(libc::ENODEV) =>
-            {
-                Ok(false)
-            }
-            Err(source) => Err(NetlinkError::Request {
-                op: format!("set link {name} group {group}"),
-                source,
-            }),
-        }
+        found(result, || format!("set link {name} group {group}"))
     }
 
     /// Delete every link of link group `group` in one request (`ip link

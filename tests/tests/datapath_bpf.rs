@@ -155,6 +155,96 @@ fn forwarding_decisions_in_the_kernel() {
     assert_eq!(counters["to_stack"], 1);
 }
 
+/// `inner` (an Ethernet frame) in VXLAN to UDP `port` of `node`, from `from`,
+/// with `vni`: as the uplink receives it.
+fn vxlan(from: Ipv4Addr, node: Ipv4Addr, port: u16, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + 8 + inner.len();
+    let ip_len = 20 + udp_len;
+    let mut p = Vec::with_capacity(14 + ip_len);
+    p.extend_from_slice(&[0x02, 0x0d, 0, 0, 0, 11]); // the node's uplink
+    p.extend_from_slice(&[0x02, 0x0d, 0, 0, 0, 12]);
+    p.extend_from_slice(&0x0800u16.to_be_bytes());
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&u16::try_from(ip_len).expect("small").to_be_bytes());
+    p.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]); // id, DF, TTL, UDP, checksum
+    p.extend_from_slice(&from.octets());
+    p.extend_from_slice(&node.octets());
+    p.extend_from_slice(&54321u16.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&u16::try_from(udp_len).expect("small").to_be_bytes());
+    p.extend_from_slice(&[0, 0]); // no UDP checksum, as the tunnel sends
+    p.extend_from_slice(&0x0800_0000u32.to_be_bytes());
+    p.extend_from_slice(&(vni << 8).to_be_bytes());
+    p.extend_from_slice(inner);
+    p
+}
+
+#[test]
+fn from_underlay_decapsulates_for_local_pods_only() {
+    if !harness::require_root("from_underlay_decapsulates_for_local_pods_only") {
+        return;
+    }
+    let (_ns, mut dp) = two_pods("lumen-test-underlay");
+    dp.attach_underlay("vxp", 4789).expect("uplink hooks");
+    let node = Ipv4Addr::new(192, 0, 2, 11);
+    let other_node = Ipv4Addr::new(192, 0, 2, 12);
+    let remote_pod = Ipv4Addr::new(10, 244, 2, 7);
+    let identity = 769;
+    let inner = tcp((remote_pod, 40000), (POD_B, 80), SYN);
+
+    // For a local pod: decapsulated and redirected into it, with its MACs.
+    let packet = vxlan(other_node, node, 4789, identity, &inner);
+    let (verdict, out) = run(&mut dp, names::FROM_UNDERLAY, &packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "delivered straight to pod B");
+    assert_eq!(out.len(), inner.len(), "the 50 bytes of VXLAN are gone");
+    assert_eq!(out[0..6], POD_B_MAC);
+    assert_eq!(out[6..12], HOST_B_MAC);
+    assert_eq!(
+        out[12..],
+        inner[12..],
+        "the inner packet itself is untouched"
+    );
+
+    // Everything else is left, unchanged, to the VXLAN device.
+    let not_local = tcp(
+        (remote_pod, 40000),
+        (Ipv4Addr::new(10, 244, 1, 99), 80),
+        SYN,
+    );
+    for (case, packet) in [
+        (
+            "a pod not on this node",
+            vxlan(other_node, node, 4789, identity, &not_local),
+        ),
+        (
+            "another UDP port",
+            vxlan(other_node, node, 4790, identity, &inner),
+        ),
+        (
+            "another node's address",
+            vxlan(other_node, other_node, 4789, identity, &inner),
+        ),
+        ("not VXLAN at all", inner.clone()),
+    ] {
+        let (verdict, out) = run(&mut dp, names::FROM_UNDERLAY, &packet);
+        assert_eq!((verdict, &out), (TC_ACT_OK, &packet), "{case}");
+    }
+
+    // Accounted as the overlay's, once, with the sender's identity from the
+    // VNI (the address alone would give 10.244.2.7 another one).
+    let counters: HashMap<_, _> = dp.counters().into_iter().collect();
+    assert_eq!(counters["from_overlay"], 1, "{counters:?}");
+    assert_eq!(counters["overlay_delivered"], 1);
+    let maps = dp.take_flow_maps().expect("flow maps");
+    let sides: Vec<[u32; 2]> = maps
+        .table
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(_, v)| v.side.map(|s| s & 0x00ff_ffff))
+        .collect();
+    assert!(sides.iter().any(|s| s.contains(&identity)), "{sides:?}");
+}
+
 /// A TCP segment from `src` to `dst` with `flags`.
 fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
     tcp_packet([[0x02, 0, 0, 0, 0, 1], [0xee; 6]], src, dst, flags)

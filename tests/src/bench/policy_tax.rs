@@ -106,7 +106,7 @@ pub fn run(options: Options) -> Result<()> {
 }
 
 /// A two-node lab of one pod per node; one left by a killed run goes first.
-fn lab(name: &str) -> Result<LabGuard> {
+pub(super) fn lab(name: &str) -> Result<LabGuard> {
     let config = LabConfig {
         name: name.to_owned(),
         nodes: 2,

@@ -16,9 +16,9 @@ use anyhow::{Context, Result, bail};
 use lumen_api::client::Client;
 use lumen_api::paths;
 use lumen_api::policy::{ExplainQuery, Explanation, PolicyList};
-use lumen_lab::config::{self, LabConfig};
-use lumen_lab::{Lab, LabGuard};
+use lumen_lab::Lab;
 
+use super::policy_tax;
 use super::report::{Verdict, print_verdicts, ratio};
 use super::stats::{median, percentile};
 
@@ -41,15 +41,7 @@ pub fn run(options: Options) -> Result<()> {
          (add / delete a policy isolating pod-2-1), {} policies present",
         options.changes, options.present
     );
-    let config = LabConfig {
-        name: LAB.to_owned(),
-        nodes: 2,
-        pods_per_node: 1,
-        bin_dir: config::default_bin_dir(),
-        ..LabConfig::default()
-    };
-    lumen_lab::down(&config.name, &config.state_root)?;
-    let guard = LabGuard::up(&config, &mut |_| {})?;
+    let guard = policy_tax::lab(LAB)?;
     let lab = guard.lab();
     let dir = lab.state().manifests_dir();
     let agent = Client::new(&lab.node("node-2").context("node-2")?.socket, DEADLINE);
