@@ -157,14 +157,22 @@ impl Netlink {
         peer_ns: RawFd,
         mtu: u32,
     ) -> Result<Link, NetlinkError> {
+        // One queue each way on both ends, said explicitly: left to the kernel,
+        // a veth starts with a queue per CPU and is cut down to its peer's
+        // count, and cutting queues waits out an RCU grace period under the
+        // RTNL lock, which every other ADD then waits for too.
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_owned())
             .mtu(mtu)
+            .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+            .append_extra_attribute(LinkAttribute::NumRxQueues(1))
             .setns_by_fd(peer_ns)
             .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_owned())
             .mtu(mtu)
+            .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+            .append_extra_attribute(LinkAttribute::NumRxQueues(1))
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
         self.handle

@@ -14,8 +14,8 @@ use lumen_api::cni::{
 };
 use lumen_api::{Endpoint, Identity, Ipv4Cidr};
 
-use crate::datapath::DatapathError;
 use crate::datapath::abi::EndpointValue;
+use crate::datapath::{DatapathError, Veth};
 use crate::ipam::IpamError;
 use crate::netlink::{Link, Netlink, NetlinkError, format_mac};
 use crate::netns::{self, NetnsError};
@@ -219,12 +219,31 @@ impl Node {
                     }
                 })?
         };
+        self.datapath
+            .lock()
+            .map_err(|_| PodError::Poisoned)?
+            .prepare_veth(&host_name)
+            .map_err(|source| PodError::Datapath {
+                host_ifname: host_name.clone(),
+                source: Box::new(source),
+            })?;
         let ifname = req.ifname.clone();
         let host_mac = host.mac;
         let pod_mac = in_pod(&req.netns, &req.ifname, move || {
             configure_pod(ifname, ip, host_mac)
         })
         .await?;
+        let alloc = Allocation {
+            ip,
+            key,
+            netns: req.netns.clone(),
+            pod_namespace: req.pod_namespace.clone(),
+            pod_name: req.pod_name.clone(),
+        };
+        // The programs go on while the host end is still down: a qdisc added
+        // to a device that is up makes the kernel wait out an RCU grace period
+        // under the RTNL lock.
+        let identity = self.publish(&alloc, &host, Veth::New, pod_mac)?;
         self.netlink
             .set_up(host.index)
             .await
@@ -237,14 +256,6 @@ impl Node {
             .neighbour(host.index, ip, pod_mac)
             .await
             .map_err(netlink_err(&host_name))?;
-        let alloc = Allocation {
-            ip,
-            key,
-            netns: req.netns.clone(),
-            pod_namespace: req.pod_namespace.clone(),
-            pod_name: req.pod_name.clone(),
-        };
-        let identity = self.publish(&alloc, &host, pod_mac)?;
         tracing::info!(container = %req.container_id, pod = ?req.pod_name, %ip, %identity, host = %host_name, "pod attached");
         Ok(Attachment {
             ifname: req.ifname.clone(),
@@ -261,9 +272,10 @@ impl Node {
     /// Remove the datapath entry and the veth of an attachment; best effort.
     async fn unplumb(&self, key: &AttachmentKey, ip: Ipv4Addr) {
         let host_name = host_ifname(key);
-        if let Ok(mut dp) = self.datapath.lock() {
-            dp.remove_endpoint(&host_name, ip);
-        }
+        let attachments = match self.datapath.lock() {
+            Ok(mut dp) => dp.remove_endpoint(&host_name, ip),
+            Err(_) => Vec::new(),
+        };
         if let Ok(mut eps) = self.endpoints.lock() {
             eps.remove(key);
         }
@@ -271,6 +283,8 @@ impl Node {
         if let Err(error) = self.reaper.delete(&host_name).await {
             tracing::warn!(host = %host_name, %error, "deleting the veth failed");
         }
+        // The filters went with the veth: detaching now costs a failed lookup.
+        drop(attachments);
     }
 
     /// CNI DEL: idempotent.
@@ -441,7 +455,7 @@ impl Node {
                 reason: format!("pod interface has {pod_ip:?}, expected {}", alloc.ip),
             });
         }
-        self.publish(alloc, &host, pod_mac)?;
+        self.publish(alloc, &host, Veth::Existing, pod_mac)?;
         Ok(())
     }
 
@@ -451,6 +465,7 @@ impl Node {
         &self,
         alloc: &Allocation,
         host: &Link,
+        veth: Veth,
         pod_mac: [u8; 6],
     ) -> Result<Identity, PodError> {
         let cluster = self.config.cluster_cidr;
@@ -464,6 +479,7 @@ impl Node {
             .map_err(|_| PodError::Poisoned)?
             .add_endpoint(
                 &host_name,
+                veth,
                 alloc.ip,
                 EndpointValue {
                     ifindex: host.index,

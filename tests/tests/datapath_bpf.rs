@@ -10,7 +10,7 @@ use std::process::Command;
 use aya::programs::{TestRun, TestRunOptions};
 use lumen_agent::datapath::abi::{EndpointValue, names};
 use lumen_agent::datapath::policy::{DirectionRules, EndpointRules, RuleEntry};
-use lumen_agent::datapath::{Datapath, FlowSettings};
+use lumen_agent::datapath::{Datapath, FlowSettings, Veth};
 use lumen_api::Ipv4Cidr;
 use lumen_api::policy::RuleId;
 use lumen_tests::bench::netns::Netns;
@@ -65,6 +65,7 @@ fn two_pods(netns: &str) -> (Netns, Datapath) {
     .expect("configure");
     dp.add_endpoint(
         "hostA",
+        Veth::New,
         POD_A,
         EndpointValue {
             ifindex: ifindex(&ns, "hostA"),
@@ -75,6 +76,7 @@ fn two_pods(netns: &str) -> (Netns, Datapath) {
     .expect("endpoint A");
     dp.add_endpoint(
         "hostB",
+        Veth::New,
         POD_B,
         EndpointValue {
             ifindex: host_b,

@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{
-    NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
-    qdisc_detach_program,
+    NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
+    qdisc_add_clsact, qdisc_detach_program,
 };
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -110,6 +110,16 @@ const UNDERLAY_HOOKS: [Hook; 2] = [
         direction: TcAttachType::Ingress,
     },
 ];
+
+/// Whether an interface the programs are attached to may still have filters
+/// of an earlier agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Veth {
+    /// Just created by this agent.
+    New,
+    /// Found: re-adopted at start-up, or an uplink or VXLAN device.
+    Existing,
+}
 
 /// Sizes fixed when the object is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,14 +442,14 @@ impl Datapath {
 
     /// Attach `from_overlay`/`to_overlay` to the VXLAN device.
     pub fn attach_overlay(&mut self, iface: &str) -> Result<(), DatapathError> {
-        self.attach(iface, &OVERLAY_HOOKS)
+        self.attach(iface, &OVERLAY_HOOKS, Veth::Existing)
     }
 
     /// Attach `to_underlay` and `from_underlay` to the node's uplink: traced
     /// packets leaving the node report the masquerade hop there, and VXLAN
     /// packets to `vxlan_port` for local pods are decapsulated there.
     pub fn attach_underlay(&mut self, iface: &str, vxlan_port: u16) -> Result<(), DatapathError> {
-        self.attach(iface, &UNDERLAY_HOOKS)?;
+        self.attach(iface, &UNDERLAY_HOOKS, Veth::Existing)?;
         let config = DpConfig {
             vxlan_port: u32::from(vxlan_port),
             ..self.config_value
@@ -447,14 +457,30 @@ impl Datapath {
         self.write_config(config)
     }
 
-    /// Attach the pod programs to a host veth and publish the endpoint.
+    /// Give a veth the agent just created its clsact qdisc. Attaching the
+    /// first filter of a new qdisc waits for an RCU grace period to have
+    /// passed since the qdisc was made, under the RTNL lock that every other
+    /// ADD and DEL needs too; made early, the grace period has usually passed
+    /// by the time [`Self::add_endpoint`] attaches the programs.
+    pub fn prepare_veth(&mut self, iface: &str) -> Result<(), DatapathError> {
+        clsact(iface).map_err(|source| DatapathError::Program {
+            name: names::FROM_POD,
+            iface: iface.to_owned(),
+            source,
+        })
+    }
+
+    /// Attach the pod programs to a host veth and publish the endpoint. A
+    /// [`Veth::Existing`] one may still have an earlier agent's filters,
+    /// which are replaced; a [`Veth::New`] one has none to look for.
     pub fn add_endpoint(
         &mut self,
         host_iface: &str,
+        veth: Veth,
         ip: Ipv4Addr,
         value: EndpointValue,
     ) -> Result<(), DatapathError> {
-        self.attach(host_iface, &POD_HOOKS)?;
+        self.attach(host_iface, &POD_HOOKS, veth)?;
         self.endpoints
             .insert(be_addr(ip), value, 0)
             .map_err(|source| DatapathError::Update {
@@ -468,12 +494,25 @@ impl Datapath {
         self.endpoints.get(&be_addr(ip), 0).ok()
     }
 
-    /// Forget an endpoint; detaching is best effort since the veth may be gone.
-    pub fn remove_endpoint(&mut self, host_iface: &str, ip: Ipv4Addr) {
-        self.detach(host_iface);
+    /// Forget an endpoint.
+    ///
+    /// The programs' attachments come back instead of being detached here:
+    /// dropping them detaches them. The caller drops them once the veth is
+    /// deleted, when detaching is one failed lookup in the kernel rather than
+    /// a filter removal that waits for the RTNL lock, with this datapath (and
+    /// every other ADD and DEL) held meanwhile.
+    #[must_use = "dropping the attachments detaches the programs"]
+    pub fn remove_endpoint(&mut self, host_iface: &str, ip: Ipv4Addr) -> Vec<SchedClassifierLink> {
         if let Err(error) = self.endpoints.remove(&be_addr(ip)) {
             tracing::debug!(%ip, %error, "endpoint was not in the map");
         }
+        let Some(links) = self.links.remove(host_iface) else {
+            return Vec::new();
+        };
+        links
+            .into_iter()
+            .filter_map(|(name, id)| program(&mut self.ebpf, name).ok()?.take_link(id).ok())
+            .collect()
     }
 
     /// Route a remote pod CIDR to the node that owns it.
@@ -538,28 +577,24 @@ impl Datapath {
     /// Attach through a clsact qdisc (netlink): creating a TCX link costs a
     /// kernel RCU grace period (~8 ms each, measured with strace), which put
     /// ~20 ms of every CNI ADD under the kernel's RTNL lock.
-    fn attach(&mut self, iface: &str, hooks: &[Hook]) -> Result<(), DatapathError> {
+    fn attach(&mut self, iface: &str, hooks: &[Hook], veth: Veth) -> Result<(), DatapathError> {
         self.detach(iface);
-        match qdisc_add_clsact(iface) {
-            Ok(()) => {}
-            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => {
-                return Err(DatapathError::Program {
-                    name: hooks.first().map_or("", |h| h.program),
-                    iface: iface.to_owned(),
-                    source: aya::programs::ProgramError::TcError(e),
-                });
-            }
-        }
+        clsact(iface).map_err(|source| DatapathError::Program {
+            name: hooks.first().map_or("", |h| h.program),
+            iface: iface.to_owned(),
+            source,
+        })?;
         let mut attached = Vec::with_capacity(hooks.len());
         for hook in hooks {
             // Filters outlive the process that added them: replace those of an
             // earlier agent instead of stacking ours beside them.
-            match qdisc_detach_program(iface, hook.direction, hook.program) {
-                // No such filter yet, or no such interface (attach reports that).
-                Ok(()) | Err(TcError::IoError(_)) => {}
-                Err(error) => {
-                    tracing::debug!(%iface, program = hook.program, %error, "removing a stale filter failed");
+            if veth == Veth::Existing {
+                match qdisc_detach_program(iface, hook.direction, hook.program) {
+                    // No such filter yet, or no such interface (attach reports that).
+                    Ok(()) | Err(TcError::IoError(_)) => {}
+                    Err(error) => {
+                        tracing::debug!(%iface, program = hook.program, %error, "removing a stale filter failed");
+                    }
                 }
             }
             let result = program(&mut self.ebpf, hook.program).and_then(|prog| {
@@ -600,6 +635,15 @@ impl Datapath {
                 tracing::debug!(program = name, %error, "detach failed (interface gone?)");
             }
         }
+    }
+}
+
+/// The clsact qdisc on `iface`, made unless it is there.
+fn clsact(iface: &str) -> Result<(), aya::programs::ProgramError> {
+    match qdisc_add_clsact(iface) {
+        Ok(()) => Ok(()),
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(aya::programs::ProgramError::TcError(e)),
     }
 }
 
