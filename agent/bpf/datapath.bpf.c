@@ -156,15 +156,15 @@ int to_pod(struct __sk_buff *skb)
 }
 
 /* A packet that came over the overlay, decapsulated: `tag` is its VNI, `remote`
- * the sending node's underlay address (network order). Accounted and policed,
- * then delivered to its pod or handed to this node's host stack. */
-static __always_inline int overlay_rx(struct __sk_buff *skb, struct pkt *p, __u32 tag,
+ * the sending node's underlay address (network order), `dst` its local pod if it
+ * has one. Accounted and policed, then delivered to its pod or handed to this
+ * node's host stack. */
+static __always_inline int overlay_rx(struct __sk_buff *skb, struct pkt *p,
+				      struct dp_config *cfg, struct endpoint *dst, __u32 tag,
 				      __u32 remote, __u32 ifindex)
 {
 	struct flow_obs obs = {};
 	struct trace_ctx t = {};
-	struct dp_config *cfg;
-	struct endpoint *dst;
 	__u8 drop = 0;
 
 	count(CNT_FROM_OVERLAY);
@@ -173,8 +173,6 @@ static __always_inline int overlay_rx(struct __sk_buff *skb, struct pkt *p, __u3
 	trace_marked(skb, p, tag & TAG_TRACE, &t);
 	if (t.traced)
 		trace_hop(&t, TP_FROM_OVERLAY, TA_RECEIVED, 0, 0, ifindex, remote, tag);
-	cfg = dp_config();
-	dst = endpoint_of(p->daddr);
 	if (cfg) {
 		observe_addrs(&obs, p, cfg, skb, DIR_INGRESS);
 		/* The sender's identity comes with the packet: no lookup. */
@@ -214,7 +212,8 @@ int from_overlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_OK;
-	return overlay_rx(skb, &p, key.tunnel_id, bpf_htonl(key.remote_ipv4), skb->ifindex);
+	return overlay_rx(skb, &p, dp_config(), endpoint_of(p.daddr), key.tunnel_id,
+			  bpf_htonl(key.remote_ipv4), skb->ifindex);
 }
 
 /* A VXLAN header (RFC 7348): flags (the I bit) and the VNI in the top 24 bits. */
@@ -224,8 +223,6 @@ struct vxlan_hdr {
 };
 
 #define VXLAN_FLAG_I 0x08000000u
-#define IP_MF 0x2000     /* iphdr.frag_off, host order */
-#define IP_OFFSET 0x1fff
 #define VXLAN_OVERHEAD (sizeof(struct iphdr) + sizeof(struct udphdr) + \
 			sizeof(struct vxlan_hdr) + sizeof(struct ethhdr))
 
@@ -249,10 +246,12 @@ int from_underlay(struct __sk_buff *skb)
 	struct ethhdr *inner_eth = (void *)(vx + 1);
 	struct iphdr *inner = (void *)(inner_eth + 1);
 	struct dp_config *cfg;
+	struct endpoint *dst;
 	__u32 tag, remote;
 	struct pkt p;
 
-	if ((void *)(inner + 1) > data_end)
+	/* GSO packets first: the cheapest test, and a stream's bulk. */
+	if (skb->gso_size || (void *)(inner + 1) > data_end)
 		return TC_ACT_OK;
 	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5 ||
 	    ip->protocol != IPPROTO_UDP)
@@ -264,8 +263,10 @@ int from_underlay(struct __sk_buff *skb)
 	if (!cfg || !cfg->vxlan_port || udp->dest != bpf_htons(cfg->vxlan_port) ||
 	    ip->daddr != cfg->node_ip || vx->flags != bpf_htonl(VXLAN_FLAG_I))
 		return TC_ACT_OK;
-	if (inner_eth->h_proto != bpf_htons(ETH_P_IP) || inner->version != 4 || skb->gso_size ||
-	    !endpoint_of(inner->daddr))
+	if (inner_eth->h_proto != bpf_htons(ETH_P_IP) || inner->version != 4)
+		return TC_ACT_OK;
+	dst = endpoint_of(inner->daddr);
+	if (!dst)
 		return TC_ACT_OK;
 	tag = bpf_ntohl(vx->vni) >> 8;
 	remote = ip->saddr;
@@ -273,7 +274,7 @@ int from_underlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_SHOT;
-	return overlay_rx(skb, &p, tag, remote, cfg->vxlan_ifindex);
+	return overlay_rx(skb, &p, cfg, dst, tag, remote, cfg->vxlan_ifindex);
 }
 
 /* The tunnelled hop of a traced packet; the VNI carries the trace on, so the

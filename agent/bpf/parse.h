@@ -28,6 +28,10 @@ struct sctp_common {
 	__u32 checksum;
 };
 
+/* iphdr.frag_off, host order: more fragments, and the fragment offset. */
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
 
@@ -79,7 +83,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 	p->seq = 0;
 	p->tcp_flags = 0;
 	p->hdr_len = ihl;
-	if (ihl < sizeof(*ip) || ihl > 60 || (ip->frag_off & bpf_htons(0x1fff)))
+	if (ihl < sizeof(*ip) || ihl > 60 || (ip->frag_off & bpf_htons(IP_OFFSET)))
 		return;
 	l4 = (void *)ip + ihl;
 	if (p->proto == IPPROTO_TCP) {

@@ -15,7 +15,7 @@ use lumen_api::cni::{
 use lumen_api::{Endpoint, Identity, Ipv4Cidr};
 
 use crate::datapath::abi::EndpointValue;
-use crate::datapath::{DatapathError, Veth};
+use crate::datapath::{DatapathError, Iface};
 use crate::ipam::IpamError;
 use crate::netlink::{Link, Netlink, NetlinkError, format_mac};
 use crate::netns::{self, NetnsError};
@@ -243,7 +243,7 @@ impl Node {
         // The programs go on while the host end is still down: a qdisc added
         // to a device that is up makes the kernel wait out an RCU grace period
         // under the RTNL lock.
-        let identity = self.publish(&alloc, &host, Veth::New, pod_mac)?;
+        let identity = self.publish(&alloc, &host, Iface::Prepared, pod_mac)?;
         self.netlink
             .set_up(host.index)
             .await
@@ -455,7 +455,7 @@ impl Node {
                 reason: format!("pod interface has {pod_ip:?}, expected {}", alloc.ip),
             });
         }
-        self.publish(alloc, &host, Veth::Existing, pod_mac)?;
+        self.publish(alloc, &host, Iface::Existing, pod_mac)?;
         Ok(())
     }
 
@@ -465,7 +465,7 @@ impl Node {
         &self,
         alloc: &Allocation,
         host: &Link,
-        veth: Veth,
+        iface: Iface,
         pod_mac: [u8; 6],
     ) -> Result<Identity, PodError> {
         let cluster = self.config.cluster_cidr;
@@ -479,7 +479,7 @@ impl Node {
             .map_err(|_| PodError::Poisoned)?
             .add_endpoint(
                 &host_name,
-                veth,
+                iface,
                 alloc.ip,
                 EndpointValue {
                     ifindex: host.index,

@@ -10,11 +10,11 @@ use std::process::Command;
 use aya::programs::{TestRun, TestRunOptions};
 use lumen_agent::datapath::abi::{EndpointValue, names};
 use lumen_agent::datapath::policy::{DirectionRules, EndpointRules, RuleEntry};
-use lumen_agent::datapath::{Datapath, FlowSettings, Veth};
+use lumen_agent::datapath::{Datapath, FlowSettings, Iface};
 use lumen_api::Ipv4Cidr;
 use lumen_api::policy::RuleId;
 use lumen_tests::bench::netns::Netns;
-use lumen_tests::bench::packet::{tcp_packet, tcp_syn};
+use lumen_tests::bench::packet::{tcp_packet, tcp_syn, vxlan_frame as vxlan};
 use lumen_tests::harness;
 
 const TC_ACT_OK: u32 = 0;
@@ -63,9 +63,13 @@ fn two_pods(netns: &str) -> (Netns, Datapath) {
         FlowSettings::default(),
     )
     .expect("configure");
+    // As ADD does: the qdisc right after the veth, the programs later.
+    for host in ["hostA", "hostB"] {
+        dp.prepare_veth(host).expect("clsact");
+    }
     dp.add_endpoint(
         "hostA",
-        Veth::New,
+        Iface::Prepared,
         POD_A,
         EndpointValue {
             ifindex: ifindex(&ns, "hostA"),
@@ -76,7 +80,7 @@ fn two_pods(netns: &str) -> (Netns, Datapath) {
     .expect("endpoint A");
     dp.add_endpoint(
         "hostB",
-        Veth::New,
+        Iface::Prepared,
         POD_B,
         EndpointValue {
             ifindex: host_b,
@@ -155,30 +159,6 @@ fn forwarding_decisions_in_the_kernel() {
     assert_eq!(counters["local_redirect"], 1);
     assert_eq!(counters["tunnelled"], 1);
     assert_eq!(counters["to_stack"], 1);
-}
-
-/// `inner` (an Ethernet frame) in VXLAN to UDP `port` of `node`, from `from`,
-/// with `vni`: as the uplink receives it.
-fn vxlan(from: Ipv4Addr, node: Ipv4Addr, port: u16, vni: u32, inner: &[u8]) -> Vec<u8> {
-    let udp_len = 8 + 8 + inner.len();
-    let ip_len = 20 + udp_len;
-    let mut p = Vec::with_capacity(14 + ip_len);
-    p.extend_from_slice(&[0x02, 0x0d, 0, 0, 0, 11]); // the node's uplink
-    p.extend_from_slice(&[0x02, 0x0d, 0, 0, 0, 12]);
-    p.extend_from_slice(&0x0800u16.to_be_bytes());
-    p.extend_from_slice(&[0x45, 0]);
-    p.extend_from_slice(&u16::try_from(ip_len).expect("small").to_be_bytes());
-    p.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]); // id, DF, TTL, UDP, checksum
-    p.extend_from_slice(&from.octets());
-    p.extend_from_slice(&node.octets());
-    p.extend_from_slice(&54321u16.to_be_bytes());
-    p.extend_from_slice(&port.to_be_bytes());
-    p.extend_from_slice(&u16::try_from(udp_len).expect("small").to_be_bytes());
-    p.extend_from_slice(&[0, 0]); // no UDP checksum, as the tunnel sends
-    p.extend_from_slice(&0x0800_0000u32.to_be_bytes());
-    p.extend_from_slice(&(vni << 8).to_be_bytes());
-    p.extend_from_slice(inner);
-    p
 }
 
 #[test]

@@ -3,13 +3,15 @@
 //! at the next poll.
 //!
 //! Only completed writes count (`IN_CLOSE_WRITE`, renames, deletions): a file
-//! being written is not read half-way through by this wake-up.
+//! being written is not read half-way through by this wake-up. [`DirWake`] is
+//! what the manifest source and the `Traceflow` objects follow.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -70,10 +72,40 @@ impl DirWatch {
     }
 }
 
+/// The wake-ups of a loop that follows a directory: inotify's, and a poll's
+/// at the latest (alone where inotify is unavailable or has failed).
+#[derive(Debug)]
+pub struct DirWake {
+    inotify: Option<DirWatch>,
+    what: &'static str,
+}
+
+impl DirWake {
+    /// `what` names the follower in the warnings.
+    pub fn new(dir: &Path, what: &'static str) -> Self {
+        let inotify = DirWatch::new(dir)
+            .inspect_err(|error| tracing::warn!(%error, what, "no inotify: polling only"))
+            .ok();
+        Self { inotify, what }
+    }
+
+    /// Until something in the directory changed, or `poll` has passed.
+    pub async fn next(&mut self, poll: Duration) {
+        let Some(inotify) = self.inotify.as_mut() else {
+            return tokio::time::sleep(poll).await;
+        };
+        tokio::select! {
+            woken = inotify.changed() => if let Err(error) = woken {
+                tracing::warn!(%error, what = self.what, "inotify failed: polling only");
+                self.inotify = None;
+            },
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::dirwatch::DirWatch;
+use super::dirwatch::DirWake;
 use super::{ClusterSource, ClusterState};
 
 /// Why reading the manifest directory failed.
@@ -46,27 +46,10 @@ impl ManifestSource {
         let mut files = Files::default();
         files.refresh(&dir)?;
         let (tx, rx) = watch::channel(Arc::new(files.state()));
-        let mut inotify = DirWatch::new(&dir)
-            .inspect_err(|error| {
-                tracing::warn!(%error, "no inotify on the manifest directory: polling only");
-            })
-            .ok();
+        let mut wake = DirWake::new(&dir, "manifest directory");
         tokio::spawn(async move {
             loop {
-                let woken = match inotify.as_mut() {
-                    Some(w) => tokio::select! {
-                        woken = w.changed() => Some(woken),
-                        () = tokio::time::sleep(poll) => None,
-                    },
-                    None => {
-                        tokio::time::sleep(poll).await;
-                        None
-                    }
-                };
-                if let Some(Err(error)) = woken {
-                    tracing::warn!(%error, "inotify failed: polling only");
-                    inotify = None;
-                }
+                wake.next(poll).await;
                 match files.refresh(&dir) {
                     Ok(false) => {}
                     Ok(true) => {

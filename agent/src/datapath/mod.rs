@@ -111,13 +111,14 @@ const UNDERLAY_HOOKS: [Hook; 2] = [
     },
 ];
 
-/// Whether an interface the programs are attached to may still have filters
-/// of an earlier agent.
+/// What the programs' interface already has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Veth {
-    /// Just created by this agent.
-    New,
-    /// Found: re-adopted at start-up, or an uplink or VXLAN device.
+pub enum Iface {
+    /// A veth this agent just made and gave its clsact qdisc
+    /// ([`Datapath::prepare_veth`]): nothing to create, no filters to replace.
+    Prepared,
+    /// Anything else (re-adopted at start-up, the uplink, the VXLAN device):
+    /// the qdisc is made if missing and an earlier agent's filters replaced.
     Existing,
 }
 
@@ -442,14 +443,14 @@ impl Datapath {
 
     /// Attach `from_overlay`/`to_overlay` to the VXLAN device.
     pub fn attach_overlay(&mut self, iface: &str) -> Result<(), DatapathError> {
-        self.attach(iface, &OVERLAY_HOOKS, Veth::Existing)
+        self.attach(iface, &OVERLAY_HOOKS, Iface::Existing)
     }
 
     /// Attach `to_underlay` and `from_underlay` to the node's uplink: traced
     /// packets leaving the node report the masquerade hop there, and VXLAN
     /// packets to `vxlan_port` for local pods are decapsulated there.
     pub fn attach_underlay(&mut self, iface: &str, vxlan_port: u16) -> Result<(), DatapathError> {
-        self.attach(iface, &UNDERLAY_HOOKS, Veth::Existing)?;
+        self.attach(iface, &UNDERLAY_HOOKS, Iface::Existing)?;
         let config = DpConfig {
             vxlan_port: u32::from(vxlan_port),
             ..self.config_value
@@ -470,17 +471,15 @@ impl Datapath {
         })
     }
 
-    /// Attach the pod programs to a host veth and publish the endpoint. A
-    /// [`Veth::Existing`] one may still have an earlier agent's filters,
-    /// which are replaced; a [`Veth::New`] one has none to look for.
+    /// Attach the pod programs to a host veth and publish the endpoint.
     pub fn add_endpoint(
         &mut self,
         host_iface: &str,
-        veth: Veth,
+        iface: Iface,
         ip: Ipv4Addr,
         value: EndpointValue,
     ) -> Result<(), DatapathError> {
-        self.attach(host_iface, &POD_HOOKS, veth)?;
+        self.attach(host_iface, &POD_HOOKS, iface)?;
         self.endpoints
             .insert(be_addr(ip), value, 0)
             .map_err(|source| DatapathError::Update {
@@ -577,18 +576,20 @@ impl Datapath {
     /// Attach through a clsact qdisc (netlink): creating a TCX link costs a
     /// kernel RCU grace period (~8 ms each, measured with strace), which put
     /// ~20 ms of every CNI ADD under the kernel's RTNL lock.
-    fn attach(&mut self, iface: &str, hooks: &[Hook], veth: Veth) -> Result<(), DatapathError> {
+    fn attach(&mut self, iface: &str, hooks: &[Hook], state: Iface) -> Result<(), DatapathError> {
         self.detach(iface);
-        clsact(iface).map_err(|source| DatapathError::Program {
-            name: hooks.first().map_or("", |h| h.program),
-            iface: iface.to_owned(),
-            source,
-        })?;
+        if state == Iface::Existing {
+            clsact(iface).map_err(|source| DatapathError::Program {
+                name: hooks.first().map_or("", |h| h.program),
+                iface: iface.to_owned(),
+                source,
+            })?;
+        }
         let mut attached = Vec::with_capacity(hooks.len());
         for hook in hooks {
             // Filters outlive the process that added them: replace those of an
             // earlier agent instead of stacking ours beside them.
-            if veth == Veth::Existing {
+            if state == Iface::Existing {
                 match qdisc_detach_program(iface, hook.direction, hook.program) {
                     // No such filter yet, or no such interface (attach reports that).
                     Ok(()) | Err(TcError::IoError(_)) => {}

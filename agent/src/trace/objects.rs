@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::Tracer;
-use crate::cluster::dirwatch::DirWatch;
+use crate::cluster::dirwatch::DirWake;
 
 /// How often the directory is looked at while an object waits for its
 /// destination pod's address; otherwise inotify wakes the scan, and `IDLE`
@@ -85,27 +85,8 @@ struct Status {
 pub async fn follow(dir: PathBuf, tracer: Arc<Tracer>, agents: Vec<NodeAgent>) {
     let running: Arc<Mutex<HashSet<(PathBuf, String)>>> = Arc::default();
     let mut first_seen: HashMap<(PathBuf, String), Instant> = HashMap::new();
-    let mut inotify = DirWatch::new(&dir)
-        .inspect_err(|error| tracing::warn!(%error, "no inotify for Traceflow objects: polling"))
-        .ok();
-    let mut first = true;
+    let mut wake = DirWake::new(&dir, "Traceflow objects");
     loop {
-        let poll = if first_seen.is_empty() {
-            IDLE
-        } else {
-            INTERVAL
-        };
-        match inotify.as_mut() {
-            _ if first => first = false,
-            Some(w) => tokio::select! {
-                woken = w.changed() => if let Err(error) = woken {
-                    tracing::warn!(%error, "inotify failed: polling for Traceflow objects");
-                    inotify = None;
-                },
-                () = tokio::time::sleep(poll) => {}
-            },
-            None => tokio::time::sleep(poll).await,
-        }
         let pendings = scan(&dir);
         // Objects gone or no longer pending are not waited for.
         first_seen
@@ -153,6 +134,12 @@ pub async fn follow(dir: PathBuf, tracer: Arc<Tracer>, agents: Vec<NodeAgent>) {
                 }
             });
         }
+        let poll = if first_seen.is_empty() {
+            IDLE
+        } else {
+            INTERVAL
+        };
+        wake.next(poll).await;
     }
 }
 

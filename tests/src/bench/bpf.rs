@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunOptions};
 use lumen_agent::datapath::abi::{EndpointValue, names};
-use lumen_agent::datapath::{Datapath, FlowSettings, Veth};
+use lumen_agent::datapath::{Datapath, FlowSettings, Iface};
 use lumen_api::Identity;
 use lumen_lab::config::{EXTERNAL_IP, cluster_cidr, node_ip, pod_cidr};
 use lumen_lab::netio::netns as enter_netns;
@@ -84,7 +84,7 @@ pub fn run(options: Options) -> Result<()> {
             host_mac: HOST_MAC,
             flags: 0,
         };
-        dp.add_endpoint(host, Veth::New, ip, value)?;
+        dp.add_endpoint(host, Iface::Existing, ip, value)?;
     }
 
     let cases = cases(pod_a, pod_b);

@@ -7,6 +7,7 @@
 //! is decided against the policy maps.
 
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -126,15 +127,12 @@ fn install_rules(lab: &Lab, fillers: usize) -> Result<()> {
     let [a, b, c, _] = server.octets();
     let mut yaml = String::new();
     for i in 0..fillers {
-        let host = 50 + i;
+        filler_pod(&mut yaml, i, Ipv4Addr::new(a, b, c, 50 + i as u8));
         let _ = write!(
             yaml,
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: filler-{i}, namespace: default, \
-             labels: {{filler: \"{i}\"}}}}\nspec: {{nodeName: node-2, containers: [{{name: c, \
-             image: none}}]}}\nstatus: {{phase: Running, podIP: {a}.{b}.{c}.{host}}}\n---\n\
-             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: filler-{i}, \
-             namespace: default}}\nspec:\n  podSelector: {{matchLabels: {{filler: \"{i}\"}}}}\n  \
-             ingress:\n"
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: \
+             filler-{i}, namespace: default}}\nspec:\n  podSelector: {{matchLabels: {{filler: \
+             \"{i}\"}}}}\n  ingress:\n"
         );
         for r in 0..RULES_PER_POD {
             let _ = writeln!(
@@ -153,6 +151,17 @@ fn install_rules(lab: &Lab, fillers: usize) -> Result<()> {
     std::fs::write(dir.join("bench-policy-tax.yaml"), yaml).context("writing the policies")?;
     let log = &lab.node("node-2").context("node-2")?.agent_log;
     wait_enforced(log, fillers + 1)
+}
+
+/// Filler pod `i` on node-2 at `ip`, labelled `filler: "i"`, as a manifest
+/// document appended to `yaml`.
+pub(super) fn filler_pod(yaml: &mut String, i: usize, ip: Ipv4Addr) {
+    let _ = write!(
+        yaml,
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: filler-{i}, namespace: default, \
+         labels: {{filler: \"{i}\"}}}}\nspec: {{nodeName: node-2, containers: [{{name: c, \
+         image: none}}]}}\nstatus: {{phase: Running, podIP: {ip}}}\n"
+    );
 }
 
 /// Until the agent logs a policy enforced on `endpoints` isolated endpoints.

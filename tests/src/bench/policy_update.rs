@@ -9,6 +9,7 @@
 //! same run: the measurement's resolution.
 
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -136,13 +137,7 @@ fn write_present(lab: &Lab, dir: &Path, present: usize) -> Result<()> {
     let [a, b, c, _] = server.octets();
     let mut yaml = String::new();
     for i in 0..FILLERS.min(present) {
-        let _ = write!(
-            yaml,
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: filler-{i}, namespace: default, \
-             labels: {{filler: \"{i}\"}}}}\nspec: {{nodeName: node-2, containers: [{{name: c, \
-             image: none}}]}}\nstatus: {{phase: Running, podIP: {a}.{b}.{c}.{}}}\n",
-            100 + i
-        );
+        policy_tax::filler_pod(&mut yaml, i, Ipv4Addr::new(a, b, c, 100 + i as u8));
     }
     for p in 0..present {
         let _ = write!(
