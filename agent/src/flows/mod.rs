@@ -111,7 +111,6 @@ impl Flows {
                 sinks,
                 metrics,
                 stats: stats.clone(),
-                mono_to_epoch: clock::mono_to_epoch(),
             },
             stop: stop.clone(),
             // The maps are this agent's own (loaded fresh): every loss counts.
@@ -183,7 +182,6 @@ struct Emitter {
     /// Per-pod series, when switched on.
     metrics: Option<Arc<Metrics>>,
     stats: Arc<Mutex<FlowStats>>,
-    mono_to_epoch: u64,
 }
 
 impl Collector {
@@ -342,7 +340,9 @@ impl Emitter {
             cluster: &self.lookup,
             rules: &self.rules,
         };
-        let mut flow = enrich(&e.observed, &self.node, self.mono_to_epoch, &lookups);
+        // The wall clock's offset from the datapath's as it is now: it moves
+        // whenever the wall clock is adjusted.
+        let mut flow = enrich(&e.observed, &self.node, clock::mono_to_epoch(), &lookups);
         flow.end_reason = e.reason;
         flow.forward_delta = e.forward_delta;
         flow.reverse_delta = e.reverse_delta;

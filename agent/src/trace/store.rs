@@ -232,7 +232,6 @@ impl Collector {
         let thread = std::thread::Builder::new()
             .name("trace-events".into())
             .spawn(move || {
-                let offset = clock::mono_to_epoch();
                 while !stopping.load(Ordering::Relaxed) {
                     let mut pfd = libc::pollfd {
                         fd: events.as_fd().as_raw_fd(),
@@ -241,6 +240,9 @@ impl Collector {
                     };
                     // SAFETY: one valid pollfd for the duration of the call.
                     unsafe { libc::poll(&mut pfd, 1, 100) };
+                    // Taken afresh for each batch: the wall clock is adjusted
+                    // (NTP), and agents on one machine must agree on it.
+                    let offset = clock::mono_to_epoch();
                     while let Some(item) = events.next() {
                         if let Some(e) = TraceEvent::from_bytes(&item) {
                             store.record(&e, offset);
