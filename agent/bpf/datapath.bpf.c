@@ -23,6 +23,7 @@
 #include "forward.h"
 #include "flow.h"
 #include "trace.h"
+#include "encap.h"
 
 /* Identities of a packet's endpoints as this node derives them from addresses. */
 static __always_inline void observe_addrs(struct flow_obs *obs, struct pkt *p,
@@ -59,6 +60,43 @@ static __always_inline int dropped(__u8 reason)
 static __always_inline int trace_end(struct trace_ctx *t, int verdict)
 {
 	return (t->flags & TRACE_F_INJECTED) ? TC_ACT_SHOT : verdict;
+}
+
+/* The tunnel's slow path: the key is set, the VXLAN device sends the packet
+ * (to_overlay sees it already accounted). */
+static __always_inline int via_device(struct __sk_buff *skb, struct dp_config *cfg)
+{
+	count(CNT_TUNNELLED_VIA_DEVICE);
+	skb->mark |= MARK_TUNNELLED;
+	return bpf_redirect(cfg->vxlan_ifindex, 0);
+}
+
+/* The tunnel's fast path: encapsulated here, straight to the uplink. A traced
+ * packet reports its tunnelled hop here, at the overlay device as on the slow
+ * path (from_underlay does the same), so a trace reads the same either way; the
+ * VNI carries the trace on, so the mark goes before the uplink sees it. */
+static __always_inline int encap_and_send(struct __sk_buff *skb, struct pkt *p,
+					  struct dp_config *cfg, struct remote_node *rn,
+					  __u32 tag, struct bpf_fib_lookup *fib,
+					  struct trace_ctx *t)
+{
+	switch (vxlan_encap(skb, p, cfg, rn, tag, fib)) {
+	case ENCAP_DONE:
+		break;
+	case ENCAP_UNCHANGED:
+		if (set_tunnel(skb, rn, tag))
+			return dropped(DROP_TUNNEL_KEY);
+		return via_device(skb, cfg);
+	default:
+		return dropped(DROP_TUNNEL_KEY);
+	}
+	count(CNT_TUNNELLED);
+	if (t->traced) {
+		skb->mark &= ~MARK_TRACE;
+		trace_hop(t, TP_TO_OVERLAY, TA_TUNNELLED, 0, 0, cfg->vxlan_ifindex, rn->node_ip,
+			  tag);
+	}
+	return bpf_redirect(fib->ifindex, 0);
 }
 
 SEC("classifier")
@@ -101,7 +139,13 @@ int from_pod(struct __sk_buff *skb)
 	}
 	rn = remote_of(p.daddr);
 	if (rn) {
-		tunnel(skb, rn, &obs);
+		struct bpf_fib_lookup fib;
+		int fast = !underlay_route(skb, &p, cfg, rn, &fib);
+
+		if (fast)
+			obs.tag = make_tag(obs.src_identity, skb);
+		else
+			tunnel(skb, rn, &obs);
 		drop = flow_track(skb, &p, cfg, &obs);
 		if (t.traced && trace_policy(&t, cfg, drop, 1, 0, skb->ifindex))
 			return dropped(drop);
@@ -111,9 +155,9 @@ int from_pod(struct __sk_buff *skb)
 					  rn->node_ip, 0);
 			return dropped(drop);
 		}
-		count(CNT_TUNNELLED);
-		skb->mark |= MARK_TUNNELLED;
-		return bpf_redirect(cfg->vxlan_ifindex, 0);
+		if (fast)
+			return encap_and_send(skb, &p, cfg, rn, obs.tag, &fib, &t);
+		return via_device(skb, cfg);
 	}
 	drop = flow_track(skb, &p, cfg, &obs);
 	if (t.traced && trace_policy(&t, cfg, drop, 1, 0, skb->ifindex))
@@ -216,23 +260,15 @@ int from_overlay(struct __sk_buff *skb)
 			  bpf_htonl(key.remote_ipv4), skb->ifindex);
 }
 
-/* A VXLAN header (RFC 7348): flags (the I bit) and the VNI in the top 24 bits. */
-struct vxlan_hdr {
-	__u32 flags;
-	__u32 vni;
-};
-
-#define VXLAN_FLAG_I 0x08000000u
-#define VXLAN_OVERHEAD (sizeof(struct iphdr) + sizeof(struct udphdr) + \
-			sizeof(struct vxlan_hdr) + sizeof(struct ethhdr))
-
 /*
- * The fast path of the overlay's receiving side, on the node's uplink: a plain
- * (not GSO) VXLAN packet for a pod of this node is decapsulated here and
- * delivered as from_overlay would, skipping the host stack's IP and UDP receive,
- * netfilter, the VXLAN device and its GRO cell. Everything else, GSO packets
- * included (the device's path keeps their GRO), goes on to the VXLAN device and
- * from_overlay unchanged.
+ * The fast path of the overlay's receiving side, on the node's uplink: a VXLAN
+ * packet for a pod of this node is decapsulated here and delivered as
+ * from_overlay would, skipping the host stack's IP and UDP receive, netfilter,
+ * the VXLAN device and its GRO cell. GSO packets too (a sender's unsegmented
+ * stream, or what GRO merged on a NIC): their gso_size is the inner segments'
+ * and stays as it is (BPF_F_ADJ_ROOM_FIXED_GSO), so the kernel can still
+ * segment them. Everything else goes on to the VXLAN device and from_overlay
+ * unchanged.
  */
 SEC("classifier")
 int from_underlay(struct __sk_buff *skb)
@@ -250,8 +286,7 @@ int from_underlay(struct __sk_buff *skb)
 	__u32 tag, remote;
 	struct pkt p;
 
-	/* GSO packets first: the cheapest test, and a stream's bulk. */
-	if (skb->gso_size || (void *)(inner + 1) > data_end)
+	if ((void *)(inner + 1) > data_end)
 		return TC_ACT_OK;
 	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5 ||
 	    ip->protocol != IPPROTO_UDP)
@@ -270,7 +305,8 @@ int from_underlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	tag = bpf_ntohl(vx->vni) >> 8;
 	remote = ip->saddr;
-	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, 0))
+	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO))
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_SHOT;

@@ -156,7 +156,7 @@ struct traffic {
 enum counter {
 	CNT_FROM_POD = 0,
 	CNT_LOCAL_REDIRECT = 1,
-	CNT_TUNNELLED = 2,
+	CNT_TUNNELLED = 2,          /* encapsulated in BPF, sent to the uplink */
 	CNT_FROM_OVERLAY = 3,
 	CNT_OVERLAY_DELIVERED = 4,
 	CNT_TO_STACK = 5,
@@ -172,7 +172,8 @@ enum counter {
 	CNT_DROP_POLICY = 15,
 	CNT_TRACE_EVENTS = 16,      /* trace observations written */
 	CNT_TRACE_LOST = 17,        /* trace observations lost: the ring buffer was full */
-	CNT_MAX = 18,
+	CNT_TUNNELLED_VIA_DEVICE = 18, /* tunnel key set, sent through the VXLAN device */
+	CNT_MAX = 19,
 };
 
 struct {

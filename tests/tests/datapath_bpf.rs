@@ -11,8 +11,8 @@ use aya::programs::{TestRun, TestRunOptions};
 use lumen_agent::datapath::abi::{EndpointValue, names};
 use lumen_agent::datapath::policy::{DirectionRules, EndpointRules, RuleEntry};
 use lumen_agent::datapath::{Datapath, FlowSettings, Iface};
-use lumen_api::Ipv4Cidr;
 use lumen_api::policy::RuleId;
+use lumen_api::{Identity, Ipv4Cidr};
 use lumen_tests::bench::netns::Netns;
 use lumen_tests::bench::packet::{tcp_packet, tcp_syn, vxlan_frame as vxlan};
 use lumen_tests::harness;
@@ -129,7 +129,8 @@ fn forwarding_decisions_in_the_kernel() {
     assert_eq!(out[0..6], pod_b_mac, "destination MAC is the pod's");
     assert_eq!(out[6..12], host_b_mac, "source MAC is the host veth's");
 
-    // Remote pod: tunnelled (redirect to the VXLAN device).
+    // Remote pod, and no uplink to encapsulate for: tunnelled through the
+    // VXLAN device (tunnel key, redirect).
     let (verdict, _) = run(
         &mut dp,
         names::FROM_POD,
@@ -157,8 +158,103 @@ fn forwarding_decisions_in_the_kernel() {
     let counters: std::collections::HashMap<_, _> = dp.counters().into_iter().collect();
     assert_eq!(counters["from_pod"], 3, "{counters:?}");
     assert_eq!(counters["local_redirect"], 1);
-    assert_eq!(counters["tunnelled"], 1);
+    assert_eq!(counters["tunnelled_via_device"], 1);
+    assert_eq!(counters["tunnelled"], 0);
     assert_eq!(counters["to_stack"], 1);
+}
+
+const NEIGHBOUR_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 12];
+
+#[test]
+fn from_pod_encapsulates_for_remote_pods() {
+    if !harness::require_root("from_pod_encapsulates_for_remote_pods") {
+        return;
+    }
+    let (ns, mut dp) = two_pods("lumen-test-encap");
+    let node = Ipv4Addr::new(192, 0, 2, 11);
+    let other_node = Ipv4Addr::new(192, 0, 2, 12);
+    let remote_pod = Ipv4Addr::new(10, 244, 2, 7);
+    // The node's uplink, a route to the other node and its MAC, as a running
+    // node has them once it has talked to it; forwarding on, as the agent sets.
+    ns.veth("up0", "up0p", None, Some("1500")).expect("uplink");
+    for args in [
+        vec!["addr", "add", "192.0.2.11/24", "dev", "up0"],
+        vec!["link", "set", "up0", "up"],
+        vec!["link", "set", "up0p", "up"],
+    ] {
+        ns.ip(&args).expect("ip");
+    }
+    ns.sysctl("net.ipv4.ip_forward=1").expect("forwarding");
+    dp.attach_underlay("up0", 4789).expect("uplink hooks");
+    let up0_mac = mac(&ns, "up0");
+
+    // No neighbour entry yet: the VXLAN device's path (which resolves it).
+    let inner = syn(POD_A, remote_pod);
+    let (verdict, out) = run(&mut dp, names::FROM_POD, &inner);
+    assert_eq!((verdict, &out), (TC_ACT_REDIRECT, &inner));
+
+    ns.ip(&[
+        "neigh",
+        "add",
+        "192.0.2.12",
+        "lladdr",
+        "02:cc:00:00:00:0c",
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ])
+    .expect("neighbour");
+    let (verdict, out) = run(&mut dp, names::FROM_POD, &inner);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent to the uplink");
+    // The frame on the wire: the node's MAC to the neighbour's, then IPv4 from
+    // this node to the other (DF, TTL 64), UDP to the VXLAN port with a zero
+    // checksum, the VNI holding pod A's identity, and the pod's frame whole.
+    let identity =
+        Identity::for_pod("10.244.0.0/16".parse().expect("cidr"), POD_A).expect("a pod address");
+    let mut want = vxlan(node, other_node, 4789, identity.0, &inner);
+    want[0..6].copy_from_slice(&NEIGHBOUR_MAC);
+    want[6..12].copy_from_slice(&up0_mac);
+    let sport = u16::from_be_bytes([out[34], out[35]]);
+    assert!((32768..61000).contains(&sport), "source port {sport}");
+    want[34..36].copy_from_slice(&out[34..36]);
+    assert_eq!(out, want);
+
+    // Another flow, another source port (the underlay spreads flows by it).
+    let other_flow = tcp((POD_A, 40001), (remote_pod, 80), SYN);
+    let (_, out2) = run(&mut dp, names::FROM_POD, &other_flow);
+    assert_ne!(out2[34..36], out[34..36], "source port follows the flow");
+
+    // Too big for the uplink once encapsulated: the device's path, which
+    // answers with the path MTU.
+    let mut big = syn(POD_A, remote_pod);
+    big.resize(14 + 1480, 0);
+    big[16..18].copy_from_slice(&1480u16.to_be_bytes());
+    let (verdict, out) = run(&mut dp, names::FROM_POD, &big);
+    assert_eq!((verdict, out.len()), (TC_ACT_REDIRECT, big.len()));
+
+    let counters: HashMap<_, _> = dp.counters().into_iter().collect();
+    assert_eq!(counters["tunnelled"], 2, "{counters:?}");
+    assert_eq!(counters["tunnelled_via_device"], 2, "{counters:?}");
+}
+
+/// The MAC address of `ifname` in `ns`.
+fn mac(ns: &Netns, ifname: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-n", ns.name(), "-o", "link", "show", ifname])
+        .output()
+        .expect("ip runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let addr = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("link/ether");
+    let bytes: Vec<u8> = addr
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    bytes.try_into().expect("six bytes")
 }
 
 #[test]

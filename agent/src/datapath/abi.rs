@@ -343,6 +343,7 @@ pub const COUNTERS: &[&str] = &[
     "drop_policy",
     "trace_events",
     "trace_lost",
+    "tunnelled_via_device",
 ];
 
 /// Indexes into [`COUNTERS`] the flow collector reads.

@@ -140,7 +140,11 @@ mod tests {
             769,
             &inner,
         );
-        assert_eq!(frame.len(), inner.len() + 50, "outer Ethernet, IPv4, UDP, VXLAN");
+        assert_eq!(
+            frame.len(),
+            inner.len() + 50,
+            "outer Ethernet, IPv4, UDP, VXLAN"
+        );
         let ip = &frame[ETH_LEN..ETH_LEN + IP_LEN];
         assert_eq!(checksum(&[ip]), 0);
         assert_eq!(
