@@ -109,6 +109,27 @@ impl Netlink {
         }
     }
 
+    /// The names of every link in the namespace.
+    pub async fn link_names(&self) -> Result<Vec<String>, NetlinkError> {
+        let mut links = self.handle.link().get().execute();
+        let mut names = Vec::new();
+        loop {
+            match links.try_next().await {
+                Ok(Some(msg)) => names.extend(msg.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some(name.clone()),
+                    _ => None,
+                })),
+                Ok(None) => return Ok(names),
+                Err(source) => {
+                    return Err(NetlinkError::Request {
+                        op: "list links".to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
     pub async fn require_link(&self, name: &str) -> Result<Link, NetlinkError> {
         self.link(name).await?.ok_or_else(|| NetlinkError::NoLink {
             name: name.to_owned(),

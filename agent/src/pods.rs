@@ -3,7 +3,9 @@
 //!
 //! ADD follows the reference `ptp` plugin's discipline: the address is persisted
 //! first, and every later failure undoes what was done, releasing the address.
-//! DEL is idempotent: a missing netns, link or allocation is success.
+//! DEL is idempotent: a missing netns, link or allocation is success. It
+//! returns once the pod is out of the datapath and its address released; its
+//! veth is deleted in the background (`reaper`).
 
 use std::error::Error as _;
 use std::net::Ipv4Addr;
@@ -102,6 +104,26 @@ impl PodError {
     }
 }
 
+/// Whether `name` is shaped like a [`host_ifname`].
+fn is_host_ifname(name: &str) -> bool {
+    name.len() == 14
+        && name.starts_with(HOST_PREFIX)
+        && name[HOST_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+const HOST_PREFIX: &str = "lmn";
+
+/// Whether taking an attachment apart waits for its veth to be deleted. DEL
+/// does not (the reaper deletes it with the next batch); an ADD being undone,
+/// GC and re-adoption do, so what they report is what the node has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Teardown {
+    Wait,
+    Background,
+}
+
 /// Host-side veth name: stable per attachment, 14 characters.
 pub fn host_ifname(key: &AttachmentKey) -> String {
     // FNV-1a: stable across releases and processes, unlike std's hasher.
@@ -115,7 +137,7 @@ pub fn host_ifname(key: &AttachmentKey) -> String {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("lmn{:011x}", hash & 0x0fff_ffff_ffff)
+    format!("{HOST_PREFIX}{:011x}", hash & 0x0fff_ffff_ffff)
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -165,7 +187,7 @@ impl Node {
             Ok(attachment) => Ok(attachment),
             Err(error) => {
                 tracing::warn!(container = %req.container_id, %ip, %error, "ADD failed, undoing");
-                self.unplumb(&key, ip).await;
+                self.unplumb(&key, ip, Teardown::Wait).await;
                 if let Ok(mut ipam) = self.ipam.lock()
                     && let Err(release) = ipam.release(&key)
                 {
@@ -181,7 +203,9 @@ impl Node {
         let key = req.key();
         let host_name = host_ifname(&key);
         let mtu = req.mtu.unwrap_or(self.pod_mtu);
-        // A retried ADD may find the veth of an earlier, interrupted attempt.
+        // A retried ADD may find the veth of an earlier, interrupted attempt,
+        // or of a DEL still being deleted.
+        self.reaper.settled(&host_name).await;
         self.netlink
             .delete_link(&host_name)
             .await
@@ -202,22 +226,33 @@ impl Node {
             })?;
         let host = {
             use std::os::fd::AsRawFd;
-            self.netlink
-                .create_veth(&host_name, &req.ifname, ns.as_raw_fd(), mtu)
-                .await
-                .map_err(|source| {
-                    if source.errno() == Some(libc::EEXIST) {
-                        PodError::IfnameTaken {
-                            ifname: req.ifname.clone(),
-                            netns: req.netns.clone(),
-                        }
-                    } else {
-                        PodError::Netlink {
-                            ifname: host_name.clone(),
-                            source,
-                        }
+            let create = || {
+                self.netlink
+                    .create_veth(&host_name, &req.ifname, ns.as_raw_fd(), mtu)
+            };
+            let taken = |source: &NetlinkError| source.errno() == Some(libc::EEXIST);
+            let created = match create().await {
+                // The pod's interface may be a DELeted attachment's, not
+                // deleted yet (same namespace, another container id).
+                Err(source) if taken(&source) => {
+                    self.reaper.all_settled().await;
+                    create().await
+                }
+                other => other,
+            };
+            created.map_err(|source| {
+                if taken(&source) {
+                    PodError::IfnameTaken {
+                        ifname: req.ifname.clone(),
+                        netns: req.netns.clone(),
                     }
-                })?
+                } else {
+                    PodError::Netlink {
+                        ifname: host_name.clone(),
+                        source,
+                    }
+                }
+            })?
         };
         self.datapath
             .lock()
@@ -270,7 +305,7 @@ impl Node {
     }
 
     /// Remove the datapath entry and the veth of an attachment; best effort.
-    async fn unplumb(&self, key: &AttachmentKey, ip: Ipv4Addr) {
+    async fn unplumb(&self, key: &AttachmentKey, ip: Ipv4Addr, teardown: Teardown) {
         let host_name = host_ifname(key);
         let attachments = match self.datapath.lock() {
             Ok(mut dp) => dp.remove_endpoint(&host_name, ip),
@@ -279,12 +314,18 @@ impl Node {
         if let Ok(mut eps) = self.endpoints.lock() {
             eps.remove(key);
         }
-        // Batched with the other DELs under way (`reaper`).
-        if let Err(error) = self.reaper.delete(&host_name).await {
-            tracing::warn!(host = %host_name, %error, "deleting the veth failed");
+        // Batched with the other deletions under way (`reaper`). The filters
+        // go with the veth: detached before it, each would cost a request.
+        if let Err(error) = self.reaper.delete(&host_name, attachments) {
+            tracing::warn!(host = %host_name, %error, "deleting the veth here instead");
+            if let Err(error) = self.netlink.delete_link(&host_name).await {
+                tracing::warn!(host = %host_name, %error, "deleting the veth failed");
+            }
+            return;
         }
-        // The filters went with the veth: detaching now costs a failed lookup.
-        drop(attachments);
+        if teardown == Teardown::Wait {
+            self.reaper.settled(&host_name).await;
+        }
     }
 
     /// CNI DEL: idempotent.
@@ -297,18 +338,21 @@ impl Node {
             .get(&key)
             .cloned();
         let Some(alloc) = alloc else {
-            // Nothing allocated; still remove a veth an interrupted ADD may have left.
+            // Nothing allocated; still remove a veth an interrupted ADD may have
+            // left, and return only once an earlier DEL's veth is gone too.
+            let host_name = host_ifname(&key);
+            self.reaper.settled(&host_name).await;
             self.netlink
-                .delete_link(&host_ifname(&key))
+                .delete_link(&host_name)
                 .await
                 .map_err(netlink_err(&req.ifname))?;
             return Ok(());
         };
-        self.release(&alloc).await
+        self.release(&alloc, Teardown::Background).await
     }
 
-    async fn release(&self, alloc: &Allocation) -> Result<(), PodError> {
-        self.unplumb(&alloc.key, alloc.ip).await;
+    async fn release(&self, alloc: &Allocation, teardown: Teardown) -> Result<(), PodError> {
+        self.unplumb(&alloc.key, alloc.ip, teardown).await;
         self.ipam
             .lock()
             .map_err(|_| PodError::Poisoned)?
@@ -394,13 +438,15 @@ impl Node {
             .collect();
         let mut released = Vec::new();
         for alloc in stale {
-            self.release(&alloc).await?;
+            self.release(&alloc, Teardown::Wait).await?;
             released.push(alloc.key);
         }
         Ok(GcReport { released })
     }
 
-    /// On start: re-attach every allocation whose pod still exists; release the rest.
+    /// On start: re-attach every allocation whose pod still exists; release the
+    /// rest; delete host veths of no allocation (DELs whose veth an earlier
+    /// agent had not deleted yet when it stopped).
     pub async fn readopt(&self) -> Result<(), PodError> {
         let allocs: Vec<Allocation> = self
             .ipam
@@ -409,6 +455,22 @@ impl Node {
             .allocations()
             .cloned()
             .collect();
+        let ours: std::collections::HashSet<String> =
+            allocs.iter().map(|a| host_ifname(&a.key)).collect();
+        let names = self
+            .netlink
+            .link_names()
+            .await
+            .map_err(netlink_err("the node's links"))?;
+        for name in names {
+            if is_host_ifname(&name) && !ours.contains(&name) {
+                tracing::info!(host = %name, "deleting the veth of a detached pod");
+                self.netlink
+                    .delete_link(&name)
+                    .await
+                    .map_err(netlink_err(&name))?;
+            }
+        }
         for alloc in allocs {
             match self.readopt_one(&alloc).await {
                 Ok(()) => {
@@ -416,7 +478,7 @@ impl Node {
                 }
                 Err(error) => {
                     tracing::warn!(container = %alloc.key.container_id, ip = %alloc.ip, %error, "pod is gone, releasing");
-                    self.release(&alloc).await?;
+                    self.release(&alloc, Teardown::Wait).await?;
                 }
             }
         }
@@ -566,6 +628,16 @@ mod tests {
         assert_eq!(host_ifname(&a), host_ifname(&a.clone()));
         assert_ne!(host_ifname(&a), host_ifname(&b));
         assert_eq!(host_ifname(&a).len(), 14);
+        assert!(is_host_ifname(&host_ifname(&a)));
+        for other in [
+            "lumen_vxlan",
+            "eth0",
+            "lmn",
+            "lmn0123456789g",
+            "lmn0123456789ab",
+        ] {
+            assert!(!is_host_ifname(other), "{other}");
+        }
     }
 
     #[test]

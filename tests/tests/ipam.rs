@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use lumen_api::cni::IpamState;
 use lumen_lab::Lab;
 use lumen_tests::harness;
+use lumen_tests::peers::wait_until;
 use serde_json::Value;
 use support::{NODE, NodeView, PodNetns, Runtime};
 
@@ -426,7 +427,12 @@ impl Churn<'_> {
             self.attached.len(),
             "host veth names collide {when}"
         );
-        assert_eq!(support::host_veths(self.lab), hosts, "host veths {when}");
+        // A DEL's veth goes with the agent's next batch, just after it answers.
+        wait_until(
+            &format!("host veths {when}"),
+            Duration::from_secs(5),
+            || support::host_veths(self.lab) == hosts,
+        );
         let endpoints: BTreeMap<Ipv4Addr, String> = support::endpoints(self.lab)
             .into_iter()
             .map(|e| (e.ip, e.container_id))
