@@ -148,12 +148,13 @@ fn run_plugin(
 ) -> Result<Value, LabError> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     let node_netns = config::netns_path(&node.netns);
-    let mut cmd = netns::command_in(&node_netns, bin_dir.join("lumen-cni")).map_err(|source| {
-        LabError::Netns {
-            netns: node.netns.clone(),
-            source,
-        }
-    })?;
+    let mut cmd =
+        netns::command_in(&node_netns, config::cni_plugin(bin_dir)).map_err(|source| {
+            LabError::Netns {
+                netns: node.netns.clone(),
+                source,
+            }
+        })?;
     cmd.env_clear()
         .env("PATH", path)
         .env("CNI_COMMAND", command.to_string())

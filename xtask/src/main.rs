@@ -3,7 +3,6 @@
 //! Every task that needs system packages installs them first (`deps`), so the two
 //! README commands work on a fresh Debian machine.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -274,10 +273,12 @@ fn system_deps() -> Result<()> {
     Ok(())
 }
 
-/// The target `lumen-cni` is built for: static, with musl's start-up. A
+/// The target `lumen-cni` is also built for: static, with musl's start-up. A
 /// glibc binary spends about 1 ms of every call in the dynamic loader's CPU
 /// and cache detection (CPUID, each a VM exit here), and a runtime starts the
-/// plugin once per ADD and DEL.
+/// plugin once per ADD and DEL. Labs run this build
+/// (`lumen_lab::config::cni_plugin`); cargo keeps the glibc one beside the
+/// other binaries.
 const CNI_TARGET: &str = "x86_64-unknown-linux-musl";
 
 fn build(release: bool) -> Result<()> {
@@ -302,19 +303,7 @@ fn build(release: bool) -> Result<()> {
     ])
     .args(locked());
     profile(&mut cmd);
-    status(&mut cmd).context("building the static lumen-cni (cargo xtask deps adds the target)")?;
-    // In place of the glibc build, as a new file: cargo hard-links its
-    // outputs, and the old inode must stay cargo's.
-    let built = target_dir()
-        .join(CNI_TARGET)
-        .join(if release { "release" } else { "debug" })
-        .join("lumen-cni");
-    let installed = bin_dir(release).join("lumen-cni");
-    let tmp = installed.with_extension("static");
-    fs::copy(&built, &tmp)
-        .and_then(|_| fs::rename(&tmp, &installed))
-        .with_context(|| format!("installing {} as {}", built.display(), installed.display()))?;
-    Ok(())
+    status(&mut cmd).context("building the static lumen-cni (cargo xtask deps adds the target)")
 }
 
 fn test(unit: bool) -> Result<()> {

@@ -95,6 +95,7 @@ pub fn run(options: Options) -> Result<()> {
     );
     let lab = lumen_lab(bin_dir)?;
     let lumen = lumen_runtime(&lab, options.pods)?;
+    println!("lumen plugin: {}", lumen.plugin.display());
     let ref_data = TempDir::new()?;
     let ref_node = Netns::add(REF_NODE)?;
     let reference = reference_runtime(&ref_node, &ref_data, options.pods)?;
@@ -144,7 +145,7 @@ fn lumen_runtime(lab: &LabGuard, pods: usize) -> Result<Runtime> {
     Ok(Runtime {
         name: "lumen",
         node_netns: node.netns.clone(),
-        plugin: lab.state().bin_dir.join("lumen-cni"),
+        plugin: config::cni_plugin(&lab.state().bin_dir),
         cni_path: lab.state().bin_dir.clone(),
         config: cni_exec::network_config(&node).to_string(),
         pods,

@@ -96,7 +96,7 @@ impl std::fmt::Display for Outcome {
 pub fn run_plugin(node_netns: &str, env: &Env, stdin: &[u8]) -> Outcome {
     let mut child = Command::new("ip")
         .args(["netns", "exec", node_netns])
-        .arg(harness::bin_dir().join("lumen-cni"))
+        .arg(lumen_lab::config::cni_plugin(&harness::bin_dir()))
         .env_clear()
         .env("PATH", PATH)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
