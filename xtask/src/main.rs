@@ -34,6 +34,12 @@ const PACKAGES: &[(&str, &str)] = &[
         "reference CNI plugins for comparison",
     ),
     ("procps", "process inspection"),
+    (
+        "podman",
+        "a real container runtime calling the plugin (CNI backend)",
+    ),
+    ("runc", "podman's OCI runtime in the podman test"),
+    ("busybox-static", "the podman test's container image"),
     ("iputils-ping", "ping from pods in the CNI and IPAM tests"),
     (
         "ethtool",
