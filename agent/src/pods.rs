@@ -116,8 +116,9 @@ fn is_host_ifname(name: &str) -> bool {
 const HOST_PREFIX: &str = "lmn";
 
 /// Whether taking an attachment apart waits for its veth to be deleted. DEL
-/// does not (the reaper deletes it with the next batch); an ADD being undone,
-/// GC and re-adoption do, so what they report is what the node has.
+/// does not (the reaper deletes it with the next batch); an ADD being undone
+/// and re-adoption do, and GC waits once for all of its own, so what they
+/// report is what the node has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Teardown {
     Wait,
@@ -437,10 +438,12 @@ impl Node {
             .cloned()
             .collect();
         let mut released = Vec::new();
+        // One batch for all their veths, and GC answers once they are gone.
         for alloc in stale {
-            self.release(&alloc, Teardown::Wait).await?;
+            self.release(&alloc, Teardown::Background).await?;
             released.push(alloc.key);
         }
+        self.reaper.all_settled().await;
         Ok(GcReport { released })
     }
 

@@ -302,10 +302,26 @@ pub fn default_bin_dir() -> PathBuf {
 /// The target of the static `lumen-cni` that `cargo xtask build` makes.
 pub const CNI_STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
+/// Names the plugin binary labs run, overriding [`cni_plugin`]'s choice
+/// (`cargo xtask` sets it to the static build it just made).
+pub const CNI_PLUGIN_ENV: &str = "LUMEN_CNI_PLUGIN";
+
 /// The CNI plugin a lab runs from `bin_dir` (cargo's `target/<profile>`): the
-/// static build of the same profile when there is one at least as new as the
-/// glibc build there (it starts about 1 ms faster a call), else the glibc one.
+/// file `LUMEN_CNI_PLUGIN` names, if it exists; else the static build of the
+/// same profile when there is one at least as new as the glibc build there
+/// (it starts about 1 ms faster a call); else the glibc one.
 pub fn cni_plugin(bin_dir: &Path) -> PathBuf {
+    if let Some(named) = std::env::var_os(CNI_PLUGIN_ENV).map(PathBuf::from)
+        && named.is_file()
+    {
+        return named;
+    }
+    newest_plugin(bin_dir)
+}
+
+/// The static build beside `bin_dir` if it is at least as new as the glibc
+/// one in it, else the glibc one.
+fn newest_plugin(bin_dir: &Path) -> PathBuf {
     let glibc = bin_dir.join("lumen-cni");
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let static_build = bin_dir
@@ -432,11 +448,11 @@ mod tests {
             file.set_modified(when).expect("mtime");
         };
         write(&glibc, 10);
-        assert_eq!(cni_plugin(&bin_dir), glibc, "no static build");
+        assert_eq!(newest_plugin(&bin_dir), glibc, "no static build");
         write(&musl, 20);
-        assert_eq!(cni_plugin(&bin_dir), glibc, "a stale static build");
+        assert_eq!(newest_plugin(&bin_dir), glibc, "a stale static build");
         write(&musl, 5);
-        assert_eq!(cni_plugin(&bin_dir), musl);
+        assert_eq!(newest_plugin(&bin_dir), musl);
         std::fs::remove_dir_all(&target).expect("cleanup");
     }
 

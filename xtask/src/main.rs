@@ -287,6 +287,20 @@ fn system_deps() -> Result<()> {
 /// other binaries.
 const CNI_TARGET: &str = "x86_64-unknown-linux-musl";
 
+/// The static `lumen-cni` that `build(release)` makes.
+fn static_cni(release: bool) -> PathBuf {
+    target_dir()
+        .join(CNI_TARGET)
+        .join(if release { "release" } else { "debug" })
+        .join("lumen-cni")
+}
+
+/// Labs started by `cmd` run the static plugin (cargo re-links the glibc one
+/// into `target/<profile>` on every test build, so its age says nothing).
+fn with_static_cni(cmd: &mut Command, release: bool) -> &mut Command {
+    cmd.env("LUMEN_CNI_PLUGIN", static_cni(release))
+}
+
 fn build(release: bool) -> Result<()> {
     let profile = |cmd: &mut Command| {
         if release {
@@ -323,7 +337,7 @@ fn test(unit: bool) -> Result<()> {
     // Every suite runs to the end (--no-fail-fast), so one failure never hides others.
     let mut tally = Tally::default();
     tally.run(
-        cargo()
+        with_static_cni(&mut cargo(), false)
             .args([
                 "test",
                 "--no-fail-fast",
@@ -336,7 +350,7 @@ fn test(unit: bool) -> Result<()> {
     if !unit {
         // End-to-end tests build whole labs: one at a time on a small machine.
         tally.run(
-            cargo()
+            with_static_cni(&mut cargo(), false)
                 .args(["test", "--no-fail-fast", "-p", "lumen-tests", "--tests"])
                 .args(locked())
                 .args(["--", "--test-threads=1"]),
@@ -419,6 +433,7 @@ fn demo(nodes: u32, pods: u32) -> Result<()> {
     // Prometheus is a convenience of the demo: without it the rest still runs.
     let with_prometheus = Path::new(PROMETHEUS).is_file();
     let mut up = Command::new(&lumen);
+    with_static_cni(&mut up, false);
     up.args([
         "lab",
         "up",
@@ -543,7 +558,7 @@ fn bench(name: &str, rest: &[String]) -> Result<()> {
     }
     build(true)?;
     status(
-        cargo()
+        with_static_cni(&mut cargo(), true)
             .args([
                 "run",
                 "--release",
