@@ -264,11 +264,11 @@ int from_overlay(struct __sk_buff *skb)
  * The fast path of the overlay's receiving side, on the node's uplink: a VXLAN
  * packet for a pod of this node is decapsulated here and delivered as
  * from_overlay would, skipping the host stack's IP and UDP receive, netfilter,
- * the VXLAN device and its GRO cell. GSO packets too (a sender's unsegmented
- * stream, or what GRO merged on a NIC): their gso_size is the inner segments'
- * and stays as it is (BPF_F_ADJ_ROOM_FIXED_GSO), so the kernel can still
- * segment them. Everything else goes on to the VXLAN device and from_overlay
- * unchanged.
+ * the VXLAN device and its GRO cell. TCP GSO packets too (a sender's
+ * unsegmented stream, or what GRO merged on a NIC): their gso_size is the inner
+ * segments' and stays as it is (BPF_F_ADJ_ROOM_FIXED_GSO), so the kernel can
+ * still segment them. Everything else goes on to the VXLAN device and
+ * from_overlay unchanged.
  */
 SEC("classifier")
 int from_underlay(struct __sk_buff *skb)
@@ -299,6 +299,11 @@ int from_underlay(struct __sk_buff *skb)
 	    ip->daddr != cfg->node_ip || vx->flags != bpf_htonl(VXLAN_FLAG_I))
 		return TC_ACT_OK;
 	if (inner_eth->h_proto != bpf_htons(ETH_P_IP) || inner->version != 4)
+		return TC_ACT_OK;
+	/* A GSO packet keeps its tunnel GSO bits here (clearing them needs a newer
+	 * kernel): harmless for TCP, but a UDP socket would segment inner UDP GSO
+	 * as a tunnel packet. Only the device's path clears them. */
+	if (skb->gso_size && inner->protocol != IPPROTO_TCP)
 		return TC_ACT_OK;
 	dst = endpoint_of(inner->daddr);
 	if (!dst)
