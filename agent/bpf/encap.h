@@ -105,11 +105,29 @@ static __always_inline __u16 ipv4_csum(struct iphdr *ip)
 	return ~sum;
 }
 
+/* The flow's hash: the kernel's when the packet has one (a pod's socket gives
+ * its packets one), else a mix of the addresses, ports and protocol, rather
+ * than the flow dissection bpf_get_hash_recalc would run on every packet. */
+static __always_inline __u32 flow_hash(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 h = skb->hash;
+
+	if (h)
+		return h;
+	parse_l4(skb, p);
+	h = (p->saddr * 0x9e3779b1u) ^ p->daddr;
+	h ^= ((__u32)p->sport << 16 | p->dport) ^ p->proto;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	return h ^ (h >> 16);
+}
+
 /* A source port from the flow's hash, so the underlay spreads flows (ECMP, RSS)
  * the way it does the kernel's VXLAN traffic. */
-static __always_inline __u16 vxlan_sport(struct __sk_buff *skb)
+static __always_inline __u16 vxlan_sport(struct __sk_buff *skb, struct pkt *p)
 {
-	__u32 hash = bpf_get_hash_recalc(skb);
+	__u32 hash = flow_hash(skb, p);
 
 	hash ^= hash << 16;
 	return VXLAN_SPORT_MIN +
@@ -138,8 +156,8 @@ static __always_inline enum encap_result vxlan_encap(struct __sk_buff *skb, stru
 	struct vxlan_encap h = {};
 	__u32 outer_len;
 
-	/* From the inner headers, while they are where the flow dissector looks. */
-	h.udp.source = bpf_htons(vxlan_sport(skb));
+	/* From the inner headers, while `p` still points at them. */
+	h.udp.source = bpf_htons(vxlan_sport(skb, p));
 	__builtin_memcpy(&h.inner, p->eth, sizeof(h.inner));
 	h.ip.tos = outer_ecn(p->ip->tos);
 	if (bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags))
