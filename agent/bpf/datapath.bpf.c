@@ -292,7 +292,7 @@ int from_underlay(struct __sk_buff *skb)
 	    ip->protocol != IPPROTO_UDP)
 		return TC_ACT_OK;
 	/* Fragments, and ECN congestion marks (the device carries them inside). */
-	if ((ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) || (ip->tos & 3) == 3)
+	if ((ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) || (ip->tos & ECN_MASK) == ECN_CE)
 		return TC_ACT_OK;
 	cfg = dp_config();
 	if (!cfg || !cfg->vxlan_port || udp->dest != bpf_htons(cfg->vxlan_port) ||

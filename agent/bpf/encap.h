@@ -114,7 +114,8 @@ static __always_inline __u32 flow_hash(struct __sk_buff *skb, struct pkt *p)
 
 	if (h)
 		return h;
-	parse_l4(skb, p);
+	if (!p->hdr_len) /* flow tracking off: the ports are not parsed yet */
+		parse_l4(skb, p);
 	h = (p->saddr * 0x9e3779b1u) ^ p->daddr;
 	h ^= ((__u32)p->sport << 16 | p->dport) ^ p->proto;
 	h *= 0x85ebca6bu;

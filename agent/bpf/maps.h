@@ -71,7 +71,8 @@ struct dp_config {
 	__u32 flags;        /* CFG_* */
 	__u32 events_per_sec; /* ring-buffer events each CPU may emit a second */
 	__u32 policy_epoch; /* 1..3, advanced on every policy change: older verdicts are re-decided */
-	__u32 vxlan_port;   /* host order; 0 until from_underlay is attached */
+	__u32 vxlan_port;   /* host order; 0 until the uplink's programs are attached,
+			     * and until then neither overlay fast path runs */
 };
 
 /* Why the datapath dropped a packet (api::DropReason codes); 0 = forwarded. */

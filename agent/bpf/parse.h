@@ -44,7 +44,8 @@ struct pkt {
 	__u16 sport; /* network order; ICMP: echo id, or type << 8 | code */
 	__u16 dport; /* network order; ICMP echo: the id again, else 0 */
 	__u32 seq;   /* TCP sequence number, host order */
-	__u16 hdr_len; /* IP + transport header bytes, repeated in every GSO segment */
+	__u16 hdr_len; /* IP + transport header bytes, repeated in every GSO segment;
+			* 0 until parse_l4 has run */
 	__u8 proto;
 	__u8 tcp_flags;
 };
@@ -65,6 +66,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	p->ip = ip;
 	p->saddr = ip->saddr;
 	p->daddr = ip->daddr;
+	p->hdr_len = 0; /* parse_l4 not run yet */
 	return 0;
 }
 

@@ -39,7 +39,9 @@ pub struct DpConfig {
     pub flags: u32,
     pub events_per_sec: u32,
     pub policy_epoch: u32,
-    /// Host order; 0 until `from_underlay` is attached.
+    /// Host order; 0 until the uplink's programs are attached, and until then
+    /// neither overlay fast path (`from_pod`'s encapsulation, `from_underlay`)
+    /// runs.
     pub vxlan_port: u32,
 }
 

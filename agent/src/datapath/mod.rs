@@ -464,11 +464,7 @@ impl Datapath {
     /// ADD and DEL needs too; made early, the grace period has usually passed
     /// by the time [`Self::add_endpoint`] attaches the programs.
     pub fn prepare_veth(&mut self, iface: &str) -> Result<(), DatapathError> {
-        clsact(iface).map_err(|source| DatapathError::Program {
-            name: names::FROM_POD,
-            iface: iface.to_owned(),
-            source,
-        })
+        clsact(iface, names::FROM_POD)
     }
 
     /// Attach the pod programs to a host veth and publish the endpoint.
@@ -579,11 +575,7 @@ impl Datapath {
     fn attach(&mut self, iface: &str, hooks: &[Hook], state: Iface) -> Result<(), DatapathError> {
         self.detach(iface);
         if state == Iface::Existing {
-            clsact(iface).map_err(|source| DatapathError::Program {
-                name: hooks.first().map_or("", |h| h.program),
-                iface: iface.to_owned(),
-                source,
-            })?;
+            clsact(iface, hooks.first().map_or("", |h| h.program))?;
         }
         let mut attached = Vec::with_capacity(hooks.len());
         for hook in hooks {
@@ -639,12 +631,16 @@ impl Datapath {
     }
 }
 
-/// The clsact qdisc on `iface`, made unless it is there.
-fn clsact(iface: &str) -> Result<(), aya::programs::ProgramError> {
+/// The clsact qdisc on `iface`, made unless it is there, for `program`.
+fn clsact(iface: &str, program: &'static str) -> Result<(), DatapathError> {
     match qdisc_add_clsact(iface) {
         Ok(()) => Ok(()),
         Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(aya::programs::ProgramError::TcError(e)),
+        Err(e) => Err(DatapathError::Program {
+            name: program,
+            iface: iface.to_owned(),
+            source: aya::programs::ProgramError::TcError(e),
+        }),
     }
 }
 
