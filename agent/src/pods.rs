@@ -105,7 +105,7 @@ impl PodError {
 }
 
 /// Whether `name` is shaped like a [`host_ifname`].
-fn is_host_ifname(name: &str) -> bool {
+pub fn is_host_ifname(name: &str) -> bool {
     name.len() == 14
         && name.starts_with(HOST_PREFIX)
         && name[HOST_PREFIX.len()..]
@@ -117,7 +117,7 @@ const HOST_PREFIX: &str = "lmn";
 
 /// Whether taking an attachment apart waits for its veth to be deleted. DEL
 /// does not (the reaper deletes it with the next batch); an ADD being undone
-/// and re-adoption do, and GC waits once for all of its own, so what they
+/// does, and GC and re-adoption wait once for all of theirs, so what they
 /// report is what the node has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Teardown {
@@ -315,17 +315,23 @@ impl Node {
         if let Ok(mut eps) = self.endpoints.lock() {
             eps.remove(key);
         }
-        // Batched with the other deletions under way (`reaper`). The filters
-        // go with the veth: detached before it, each would cost a request.
-        if let Err(error) = self.reaper.delete(&host_name, attachments) {
-            tracing::warn!(host = %host_name, %error, "deleting the veth here instead");
-            if let Err(error) = self.netlink.delete_link(&host_name).await {
-                tracing::warn!(host = %host_name, %error, "deleting the veth failed");
-            }
-            return;
-        }
+        // The filters go with the veth: detached before it, each would cost
+        // a request.
+        self.delete_veth(&host_name, attachments).await;
         if teardown == Teardown::Wait {
             self.reaper.settled(&host_name).await;
+        }
+    }
+
+    /// Hand the veth `name` to the reaper, with what must live until it is
+    /// gone; without a reaper, delete it here. Best effort.
+    async fn delete_veth(&self, name: &str, keep: impl std::any::Any + Send) {
+        let Err(error) = self.reaper.delete(name, keep) else {
+            return;
+        };
+        tracing::warn!(host = %name, %error, "deleting the veth here instead");
+        if let Err(error) = self.netlink.delete_link(name).await {
+            tracing::warn!(host = %name, %error, "deleting the veth failed");
         }
     }
 
@@ -468,10 +474,7 @@ impl Node {
         for name in names {
             if is_host_ifname(&name) && !ours.contains(&name) {
                 tracing::info!(host = %name, "deleting the veth of a detached pod");
-                self.netlink
-                    .delete_link(&name)
-                    .await
-                    .map_err(netlink_err(&name))?;
+                self.delete_veth(&name, ()).await;
             }
         }
         for alloc in allocs {
@@ -481,10 +484,12 @@ impl Node {
                 }
                 Err(error) => {
                     tracing::warn!(container = %alloc.key.container_id, ip = %alloc.ip, %error, "pod is gone, releasing");
-                    self.release(&alloc, Teardown::Wait).await?;
+                    self.release(&alloc, Teardown::Background).await?;
                 }
             }
         }
+        // One batch for every veth above; the node API opens after this.
+        self.reaper.all_settled().await;
         Ok(())
     }
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use lumen_api::cni::IpamState;
 use lumen_lab::Lab;
 use lumen_tests::harness;
-use lumen_tests::peers::wait_until;
 use serde_json::Value;
 use support::{NODE, NodeView, PodNetns, Runtime};
 
@@ -428,11 +427,11 @@ impl Churn<'_> {
             "host veth names collide {when}"
         );
         // A DEL's veth goes with the agent's next batch, just after it answers.
-        wait_until(
-            &format!("host veths {when}"),
-            Duration::from_secs(5),
-            || support::host_veths(self.lab) == hosts,
-        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while support::host_veths(self.lab) != hosts && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(support::host_veths(self.lab), hosts, "host veths {when}");
         let endpoints: BTreeMap<Ipv4Addr, String> = support::endpoints(self.lab)
             .into_iter()
             .map(|e| (e.ip, e.container_id))

@@ -353,9 +353,7 @@ pub fn node_links(lab: &Lab) -> BTreeSet<String> {
 pub fn host_veths(lab: &Lab) -> BTreeSet<String> {
     node_links(lab)
         .into_iter()
-        .filter(|l| {
-            l.len() == 14 && l.starts_with("lmn") && l[3..].bytes().all(|b| b.is_ascii_hexdigit())
-        })
+        .filter(|l| lumen_agent::pods::is_host_ifname(l))
         .collect()
 }
 
