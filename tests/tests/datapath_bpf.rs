@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 use aya::programs::{TestRun, TestRunOptions};
 use lumen_agent::datapath::abi::{EndpointValue, names};
@@ -20,18 +19,6 @@ use lumen_tests::harness;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
 const TC_ACT_SHOT: u32 = 2;
-
-fn ifindex(ns: &Netns, name: &str) -> u32 {
-    let out = Command::new("ip")
-        .args(["-n", ns.name(), "-o", "link", "show", name])
-        .output()
-        .expect("ip runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(':')
-        .next()
-        .and_then(|i| i.trim().parse().ok())
-        .expect("ifindex")
-}
 
 /// A TCP SYN as a pod would send it.
 fn syn(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
@@ -50,8 +37,8 @@ fn two_pods(netns: &str) -> (Netns, Datapath) {
     for (a, b) in [("hostA", "podA"), ("hostB", "podB"), ("vx", "vxp")] {
         ns.veth(a, b, None, None).expect("veth pair");
     }
-    let vx = ifindex(&ns, "vx");
-    let host_b = ifindex(&ns, "hostB");
+    let vx = ns.ifindex("vx").expect("ifindex");
+    let host_b = ns.ifindex("hostB").expect("ifindex");
     // Attach and publish from inside the namespace (this thread only).
     lumen_agent::netns::enter(&ns.path()).expect("enter test netns");
 
@@ -72,7 +59,7 @@ fn two_pods(netns: &str) -> (Netns, Datapath) {
         Iface::Prepared,
         POD_A,
         EndpointValue {
-            ifindex: ifindex(&ns, "hostA"),
+            ifindex: ns.ifindex("hostA").expect("ifindex"),
             identity: 257,
             ..Default::default()
         },
@@ -176,35 +163,18 @@ fn from_pod_encapsulates_for_remote_pods() {
     let remote_pod = Ipv4Addr::new(10, 244, 2, 7);
     // The node's uplink, a route to the other node and its MAC, as a running
     // node has them once it has talked to it; forwarding on, as the agent sets.
-    ns.veth("up0", "up0p", None, Some("1500")).expect("uplink");
-    for args in [
-        vec!["addr", "add", "192.0.2.11/24", "dev", "up0"],
-        vec!["link", "set", "up0", "up"],
-        vec!["link", "set", "up0p", "up"],
-    ] {
-        ns.ip(&args).expect("ip");
-    }
-    ns.sysctl("net.ipv4.ip_forward=1").expect("forwarding");
+    ns.uplink("up0", "up0p", "192.0.2.11/24", None)
+        .expect("uplink");
     dp.attach_underlay("up0", 4789).expect("uplink hooks");
-    let up0_mac = mac(&ns, "up0");
+    let up0_mac = ns.mac("up0").expect("mac");
 
     // No neighbour entry yet: the VXLAN device's path (which resolves it).
     let inner = syn(POD_A, remote_pod);
     let (verdict, out) = run(&mut dp, names::FROM_POD, &inner);
     assert_eq!((verdict, &out), (TC_ACT_REDIRECT, &inner));
 
-    ns.ip(&[
-        "neigh",
-        "add",
-        "192.0.2.12",
-        "lladdr",
-        "02:cc:00:00:00:0c",
-        "dev",
-        "up0",
-        "nud",
-        "permanent",
-    ])
-    .expect("neighbour");
+    ns.neighbour("up0", other_node, "02:cc:00:00:00:0c")
+        .expect("neighbour");
     let (verdict, out) = run(&mut dp, names::FROM_POD, &inner);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent to the uplink");
     // The frame on the wire: the node's MAC to the neighbour's, then IPv4 from
@@ -236,25 +206,6 @@ fn from_pod_encapsulates_for_remote_pods() {
     let counters: HashMap<_, _> = dp.counters().into_iter().collect();
     assert_eq!(counters["tunnelled"], 2, "{counters:?}");
     assert_eq!(counters["tunnelled_via_device"], 2, "{counters:?}");
-}
-
-/// The MAC address of `ifname` in `ns`.
-fn mac(ns: &Netns, ifname: &str) -> [u8; 6] {
-    let out = Command::new("ip")
-        .args(["-n", ns.name(), "-o", "link", "show", ifname])
-        .output()
-        .expect("ip runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let addr = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .expect("link/ether");
-    let bytes: Vec<u8> = addr
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
-        .collect();
-    bytes.try_into().expect("six bytes")
 }
 
 #[test]

@@ -72,24 +72,13 @@ pub fn run(options: Options) -> Result<()> {
     }
     // An uplink with node 2's MAC known (so from_pod encapsulates for it) and
     // none for node 3 (so it hands node 3's packets to the VXLAN device).
-    ns.veth(UPLINK, "lbb-upp", None, None)?;
     let uplink_addr = format!("{}/{}", node_ip(1), underlay_cidr().prefix());
-    let node2 = node_ip(2).to_string();
-    ns.ip(&["addr", "add", &uplink_addr, "dev", UPLINK])?;
-    ns.ip(&["link", "set", UPLINK, "up"])?;
-    ns.ip(&["link", "set", "lbb-upp", "up"])?;
-    ns.ip(&[
-        "neigh",
-        "add",
-        &node2,
-        "lladdr",
-        "02:00:00:00:00:02",
-        "dev",
+    ns.uplink(
         UPLINK,
-        "nud",
-        "permanent",
-    ])?;
-    ns.sysctl("net.ipv4.ip_forward=1")?;
+        "lbb-upp",
+        &uplink_addr,
+        Some((node_ip(2), "02:00:00:00:00:02")),
+    )?;
     // Before any thread exists: threads started later inherit the namespace.
     enter_netns::enter(&ns.path())?;
     let stats = StatsOff::ensure()?;
