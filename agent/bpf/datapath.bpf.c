@@ -36,17 +36,14 @@ static __always_inline void observe_addrs(struct flow_obs *obs, struct pkt *p,
 	obs->traced = !!(skb->mark & MARK_TRACE);
 }
 
-/* Set the tunnel key toward `rn` with the sender's tag; the flow learns the tag,
- * or that the packet is to be dropped. */
+/* The flow learns the sender's tag; with `set_key` (the VXLAN device's path)
+ * the tunnel key toward `rn` carries it, or the packet is to be dropped. */
 static __always_inline void tunnel(struct __sk_buff *skb, struct remote_node *rn,
-				   struct flow_obs *obs)
+				   struct flow_obs *obs, int set_key)
 {
-	__u32 tag = make_tag(obs->src_identity, skb);
-
-	if (set_tunnel(skb, rn, tag))
+	obs->tag = make_tag(obs->src_identity, skb);
+	if (set_key && set_tunnel(skb, rn, obs->tag))
 		obs->drop = DROP_TUNNEL_KEY;
-	else
-		obs->tag = tag;
 }
 
 /* Count a drop by its reason and drop. */
@@ -142,10 +139,7 @@ int from_pod(struct __sk_buff *skb)
 		struct bpf_fib_lookup fib;
 		int fast = !underlay_route(skb, &p, cfg, rn, &fib);
 
-		if (fast)
-			obs.tag = make_tag(obs.src_identity, skb);
-		else
-			tunnel(skb, rn, &obs);
+		tunnel(skb, rn, &obs, !fast);
 		drop = flow_track(skb, &p, cfg, &obs);
 		if (t.traced && trace_policy(&t, cfg, drop, 1, 0, skb->ifindex))
 			return dropped(drop);
@@ -362,7 +356,7 @@ int to_overlay(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	observe_addrs(&obs, &p, cfg, skb, DIR_EGRESS);
-	tunnel(skb, rn, &obs);
+	tunnel(skb, rn, &obs, 1);
 	if (flow_track(skb, &p, cfg, &obs)) {
 		trace_marked(skb, &p, 0, &t);
 		if (t.traced)
