@@ -74,10 +74,9 @@ static __always_inline int via_device(struct __sk_buff *skb, struct dp_config *c
  * VNI carries the trace on, so the mark goes before the uplink sees it. */
 static __always_inline int encap_and_send(struct __sk_buff *skb, struct pkt *p,
 					  struct dp_config *cfg, struct remote_node *rn,
-					  __u32 tag, struct bpf_fib_lookup *fib,
-					  struct trace_ctx *t)
+					  __u32 tag, struct trace_ctx *t)
 {
-	switch (vxlan_encap(skb, p, cfg, rn, tag, fib)) {
+	switch (vxlan_encap(skb, p, cfg, rn, tag)) {
 	case ENCAP_DONE:
 		break;
 	case ENCAP_UNCHANGED:
@@ -93,7 +92,7 @@ static __always_inline int encap_and_send(struct __sk_buff *skb, struct pkt *p,
 		trace_hop(t, TP_TO_OVERLAY, TA_TUNNELLED, 0, 0, cfg->vxlan_ifindex, rn->node_ip,
 			  tag);
 	}
-	return bpf_redirect(fib->ifindex, 0);
+	return bpf_redirect_neigh(cfg->uplink_ifindex, 0, 0, 0);
 }
 
 SEC("classifier")
@@ -136,8 +135,7 @@ int from_pod(struct __sk_buff *skb)
 	}
 	rn = remote_of(p.daddr);
 	if (rn) {
-		struct bpf_fib_lookup fib;
-		int fast = !underlay_route(skb, &p, cfg, rn, &fib);
+		int fast = encap_fits(skb, cfg);
 
 		tunnel(skb, rn, &obs, !fast);
 		drop = flow_track(skb, &p, cfg, &obs);
@@ -150,7 +148,7 @@ int from_pod(struct __sk_buff *skb)
 			return dropped(drop);
 		}
 		if (fast)
-			return encap_and_send(skb, &p, cfg, rn, obs.tag, &fib, &t);
+			return encap_and_send(skb, &p, cfg, rn, obs.tag, &t);
 		return via_device(skb, cfg);
 	}
 	drop = flow_track(skb, &p, cfg, &obs);

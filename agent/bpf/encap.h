@@ -2,9 +2,11 @@
 /*
  * VXLAN in BPF (RFC 7348): the headers, and the sending side's fast path, which
  * encapsulates a pod's packet for a remote node itself and hands it straight to
- * the uplink, instead of setting a tunnel key and going through the VXLAN
- * device, a route lookup and the node's IP output. GSO packets stay GSO (the
- * kernel segments them as UDP tunnel packets, as it does the device's).
+ * the uplink's neighbour output (bpf_redirect_neigh: the kernel routes the
+ * outer packet, fills in its MAC addresses, and resolves the next hop's when it
+ * has none yet), instead of setting a tunnel key and going through the VXLAN
+ * device and the node's IP output. GSO packets stay GSO (the kernel segments
+ * them as UDP tunnel packets, as it does the device's).
  */
 #ifndef LUMEN_ENCAP_H
 #define LUMEN_ENCAP_H
@@ -18,10 +20,6 @@
 
 #include "maps.h"
 #include "parse.h"
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
 
 /* A VXLAN header: flags (the I bit) and the VNI in the top 24 bits. */
 struct vxlan_hdr {
@@ -60,27 +58,19 @@ _Static_assert(__builtin_offsetof(struct vxlan_encap, inner) + sizeof(struct eth
 	       "vxlan_encap has padding between its headers");
 
 /*
- * The underlay route toward `rn`, as the node's routing table has it, with both
- * MAC addresses resolved. Non-zero when the fast path cannot take this packet:
- * no route, no neighbour entry yet, or an unsegmented packet too big for the
- * uplink. The VXLAN device's path handles those (it also resolves the
- * neighbour, so the next packet finds it).
+ * Can the fast path take this packet? It needs the uplink (its programs
+ * attached) and a packet that still fits the uplink's MTU once encapsulated,
+ * unless it is GSO: its segments are sized for the overlay. A bigger one takes
+ * the VXLAN device's path, which answers with the path MTU.
  */
-static __always_inline int underlay_route(struct __sk_buff *skb, struct pkt *p,
-					  struct dp_config *cfg, struct remote_node *rn,
-					  struct bpf_fib_lookup *fib)
+static __always_inline int encap_fits(struct __sk_buff *skb, struct dp_config *cfg)
 {
-	if (!cfg->vxlan_port)
-		return -1;
-	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->family = AF_INET;
-	fib->l4_protocol = IPPROTO_UDP;
-	fib->ipv4_src = cfg->node_ip;
-	fib->ipv4_dst = rn->node_ip;
-	fib->ifindex = skb->ifindex;
-	if (!skb->gso_size)
-		fib->tot_len = bpf_ntohs(p->ip->tot_len) + VXLAN_OVERHEAD;
-	return bpf_fib_lookup(skb, fib, sizeof(*fib), 0) != BPF_FIB_LKUP_RET_SUCCESS;
+	__u32 mtu_len = 0;
+
+	if (!cfg->vxlan_port || !cfg->uplink_ifindex)
+		return 0;
+	return bpf_check_mtu(skb, cfg->uplink_ifindex, &mtu_len, VXLAN_OVERHEAD, 0) ==
+	       BPF_MTU_CHK_RET_SUCCESS;
 }
 
 /* The outer header's ECN: the inner packet's, with CE sent as ECT(0), as the
@@ -137,19 +127,19 @@ static __always_inline __u16 vxlan_sport(struct __sk_buff *skb, struct pkt *p)
 
 /* The outcome of vxlan_encap. */
 enum encap_result {
-	ENCAP_DONE = 0,      /* encapsulated: redirect to fib->ifindex */
+	ENCAP_DONE = 0,      /* encapsulated: redirect to the uplink's neighbour */
 	ENCAP_UNCHANGED = 1, /* the packet is as it was: take the device's path */
 	ENCAP_BROKEN = 2,    /* grown but not written: drop */
 };
 
 /*
- * Encapsulate the packet `p` describes toward `rn` along `fib`, with `tag` in the
- * VNI. `p`'s pointers are stale afterwards.
+ * Encapsulate the packet `p` describes toward `rn`, with `tag` in the VNI. The
+ * outer MAC addresses stay zero: bpf_redirect_neigh writes the route's. `p`'s
+ * pointers are stale afterwards.
  */
 static __always_inline enum encap_result vxlan_encap(struct __sk_buff *skb, struct pkt *p,
 						     struct dp_config *cfg,
-						     struct remote_node *rn, __u32 tag,
-						     struct bpf_fib_lookup *fib)
+						     struct remote_node *rn, __u32 tag)
 {
 	const __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
 			    BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
@@ -163,8 +153,6 @@ static __always_inline enum encap_result vxlan_encap(struct __sk_buff *skb, stru
 	h.ip.tos = outer_ecn(p->ip->tos);
 	if (bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags))
 		return ENCAP_UNCHANGED;
-	__builtin_memcpy(h.eth.h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(h.eth.h_source, fib->smac, ETH_ALEN);
 	h.eth.h_proto = bpf_htons(ETH_P_IP);
 	/* A GSO packet's lengths and checksum are redone for each segment. */
 	outer_len = skb->len - sizeof(struct ethhdr);

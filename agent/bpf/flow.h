@@ -156,7 +156,12 @@ static __always_inline __u8 flow_track(struct __sk_buff *skb, struct pkt *p,
 		key.port[1] = p->dport;
 	}
 	key.proto = p->proto;
-	now = bpf_ktime_get_ns();
+	/* The exact time where a record or event reports it: a flow's first packet,
+	 * its end, a drop. Other packets only move last_ns on, by the tick. */
+	if (obs->drop || (p->tcp_flags & (TCP_FIN | TCP_RST)))
+		now = bpf_ktime_get_ns();
+	else
+		now = bpf_ktime_get_coarse_ns();
 
 	v = bpf_map_lookup_elem(&flows, &key);
 	if (!v) {
@@ -164,6 +169,8 @@ static __always_inline __u8 flow_track(struct __sk_buff *skb, struct pkt *p,
 		__u32 src = obs->src_identity & SIDE_IDENTITY_MASK;
 		__u32 dst = obs->dst_identity & SIDE_IDENTITY_MASK;
 
+		now = bpf_ktime_get_ns();
+		init.last_ns = now;
 		init.first_us = (__u32)(now / 1000);
 		init.first_seq = p->proto == IPPROTO_TCP ? p->seq : bpf_ntohs(p->ip->id);
 		init.side[0] = side ? dst : src;
@@ -199,7 +206,8 @@ static __always_inline __u8 flow_track(struct __sk_buff *skb, struct pkt *p,
 		if (p->tcp_flags)
 			__sync_fetch_and_or(&v->side[0], (__u32)p->tcp_flags << SIDE_FLAGS_SHIFT);
 	}
-	v->last_ns = now;
+	if (now > v->last_ns)
+		v->last_ns = now;
 	{
 		/* One store for VNI, flags and verdict; a concurrent update of the same
 		 * word on another CPU may win, which only loses a flag it also sets. */

@@ -73,6 +73,7 @@ struct dp_config {
 	__u32 policy_epoch; /* 1..3, advanced on every policy change: older verdicts are re-decided */
 	__u32 vxlan_port;   /* host order; 0 until the uplink's programs are attached,
 			     * and until then neither overlay fast path runs */
+	__u32 uplink_ifindex; /* where from_pod sends what it encapsulates */
 };
 
 /* Why the datapath dropped a packet (api::DropReason codes); 0 = forwarded. */

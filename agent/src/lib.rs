@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod datapath;
 pub mod flows;
+pub mod iface;
 pub mod ipam;
 pub mod masquerade;
 pub mod metrics;

@@ -98,6 +98,17 @@ fn lab_3x4_end_to_end() {
         .collect();
     assert_eq!(pods.len(), 12);
 
+    // No node knows another's MAC address: the first packets to each node are
+    // encapsulated by from_pod too, and the kernel resolves the next hop as it
+    // sends them (bpf_redirect_neigh), queueing them meanwhile.
+    for node in lab.nodes() {
+        let status = Command::new("ip")
+            .args(["-n", &node.netns, "neigh", "flush", "dev", "eth0"])
+            .status()
+            .expect("ip runs");
+        assert!(status.success(), "flushing {}'s neighbours", node.name);
+    }
+
     // --- Full reachability matrix: every pod to every other pod, TCP, UDP, ICMP.
     let mut failures = Vec::new();
     let mut probes = 0;
@@ -128,6 +139,24 @@ fn lab_3x4_end_to_end() {
         failures.len(),
         failures.join("\n")
     );
+    // Every pod's packet to another node was encapsulated in BPF, none handed to
+    // the VXLAN device (none is too big for the uplink).
+    for node in lab.nodes() {
+        let counters: serde_json::Value =
+            serde_json::from_str(&harness::get_text(&node.socket, lumen_api::paths::COUNTERS))
+                .expect("counters JSON");
+        assert!(
+            counters["tunnelled"].as_u64() > Some(0),
+            "{}: {counters}",
+            node.name
+        );
+        assert_eq!(
+            counters["tunnelled_via_device"].as_u64(),
+            Some(0),
+            "{}: {counters}",
+            node.name
+        );
+    }
 
     // --- Nodes reach pods on every node, and the replies come back (a pod's reply
     // to another node returns through the tunnel, not masqueraded).

@@ -43,6 +43,8 @@ pub struct DpConfig {
     /// neither overlay fast path (`from_pod`'s encapsulation, `from_underlay`)
     /// runs.
     pub vxlan_port: u32,
+    /// The uplink `from_pod` sends what it encapsulates to (set with `vxlan_port`).
+    pub uplink_ifindex: u32,
 }
 
 /// `dp_config.flags`: flow tracking off.
@@ -441,6 +443,11 @@ mod tests {
                 4,
             ),
             ("dp_config.vxlan_port", offset_of!(DpConfig, vxlan_port), 4),
+            (
+                "dp_config.uplink_ifindex",
+                offset_of!(DpConfig, uplink_ifindex),
+                4,
+            ),
             ("flow_key.addr", offset_of!(FlowKey, addr), 8),
             ("flow_key.port", offset_of!(FlowKey, port), 4),
             ("flow_key.proto", offset_of!(FlowKey, proto), 1),

@@ -46,6 +46,8 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("no interface {iface}")]
+    NoInterface { iface: String },
     #[error("BPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
     #[error("BPF program {name} could not be loaded or attached to {iface}")]
@@ -331,6 +333,7 @@ impl Datapath {
             events_per_sec: flows.events_per_sec,
             policy_epoch: 1,
             vxlan_port: self.config_value.vxlan_port,
+            uplink_ifindex: self.config_value.uplink_ifindex,
         };
         self.write_config(value)
     }
@@ -448,11 +451,17 @@ impl Datapath {
 
     /// Attach `to_underlay` and `from_underlay` to the node's uplink: traced
     /// packets leaving the node report the masquerade hop there, and VXLAN
-    /// packets to `vxlan_port` for local pods are decapsulated there.
+    /// packets to `vxlan_port` for local pods are decapsulated there. From then
+    /// on `from_pod` encapsulates for remote pods itself and sends to it.
     pub fn attach_underlay(&mut self, iface: &str, vxlan_port: u16) -> Result<(), DatapathError> {
+        let uplink_ifindex =
+            crate::iface::index(iface).ok_or_else(|| DatapathError::NoInterface {
+                iface: iface.to_owned(),
+            })?;
         self.attach(iface, &UNDERLAY_HOOKS, Iface::Existing)?;
         let config = DpConfig {
             vxlan_port: u32::from(vxlan_port),
+            uplink_ifindex,
             ..self.config_value
         };
         self.write_config(config)

@@ -2,7 +2,6 @@
 //! node, the BPF test-run namespace): created with `ip`, deleted on drop, so a failed
 //! or panicking run leaves nothing behind.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -85,20 +84,6 @@ impl Netns {
             .ok_or_else(|| anyhow::anyhow!("ifindex of {ifname} in {} is no index", self.name))
     }
 
-    /// The MAC address of interface `ifname` in this namespace.
-    pub fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
-        let field = self.link_field(ifname, "address")?;
-        let bytes: Vec<u8> = field
-            .as_str()
-            .unwrap_or_default()
-            .split(':')
-            .filter_map(|b| u8::from_str_radix(b, 16).ok())
-            .collect();
-        bytes
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("address of {ifname} in {} is {field}", self.name))
-    }
-
     /// One field of `ip -j link show dev IFNAME`.
     fn link_field(&self, ifname: &str, field: &str) -> Result<serde_json::Value> {
         let out = topology::run(
@@ -112,40 +97,14 @@ impl Netns {
     }
 
     /// A node's uplink as the datapath's encapsulation needs it: veth `name`
-    /// (peer `peer`, both up) with `addr` (CIDR notation), IPv4 forwarding on
-    /// as the agent sets it, and `neighbour` (address, MAC) known when given.
-    pub fn uplink(
-        &self,
-        name: &str,
-        peer: &str,
-        addr: &str,
-        neighbour: Option<(Ipv4Addr, &str)>,
-    ) -> Result<()> {
+    /// (peer `peer`, both up) with `addr` (CIDR notation), and IPv4 forwarding
+    /// on as the agent sets it.
+    pub fn uplink(&self, name: &str, peer: &str, addr: &str) -> Result<()> {
         self.veth(name, peer, None, None)?;
         self.ip(&["addr", "add", addr, "dev", name])?;
         self.ip(&["link", "set", name, "up"])?;
         self.ip(&["link", "set", peer, "up"])?;
-        self.sysctl("net.ipv4.ip_forward=1")?;
-        match neighbour {
-            Some((ip, mac)) => self.neighbour(name, ip, mac),
-            None => Ok(()),
-        }
-    }
-
-    /// A permanent neighbour entry: `ip` is at `mac` on `dev`.
-    pub fn neighbour(&self, dev: &str, ip: Ipv4Addr, mac: &str) -> Result<()> {
-        let ip = ip.to_string();
-        self.ip(&[
-            "neigh",
-            "add",
-            &ip,
-            "lladdr",
-            mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])
+        self.sysctl("net.ipv4.ip_forward=1")
     }
 }
 
