@@ -118,7 +118,7 @@ int from_pod(struct __sk_buff *skb)
 	if (t.traced)
 		trace_hop(&t, TP_FROM_POD, TA_RECEIVED, 0, 0, skb->ifindex, 0, 0);
 	observe_addrs(&obs, &p, cfg, skb, DIR_EGRESS);
-	dst = endpoint_of(p.daddr);
+	dst = endpoint_of(cfg, p.daddr);
 	if (dst) {
 		drop = flow_track(skb, &p, cfg, &obs);
 		if (t.traced && trace_policy(&t, cfg, drop, 1, 1, skb->ifindex))
@@ -242,13 +242,15 @@ SEC("classifier")
 int from_overlay(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
+	struct dp_config *cfg;
 	struct pkt p;
 
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0))
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_OK;
-	return overlay_rx(skb, &p, dp_config(), endpoint_of(p.daddr), key.tunnel_id,
+	cfg = dp_config();
+	return overlay_rx(skb, &p, cfg, cfg ? endpoint_of(cfg, p.daddr) : 0, key.tunnel_id,
 			  bpf_htonl(key.remote_ipv4), skb->ifindex);
 }
 
@@ -297,7 +299,7 @@ int from_underlay(struct __sk_buff *skb)
 	 * as a tunnel packet. Only the device's path clears them. */
 	if (skb->gso_size && inner->protocol != IPPROTO_TCP)
 		return TC_ACT_OK;
-	dst = endpoint_of(inner->daddr);
+	dst = endpoint_of(cfg, inner->daddr);
 	if (!dst)
 		return TC_ACT_OK;
 	tag = bpf_ntohl(vx->vni) >> 8;

@@ -194,16 +194,17 @@ static __always_inline __u8 flow_track(struct __sk_buff *skb, struct pkt *p,
 	account(obs->dir * DROP_MAX, bytes);
 	if (obs->drop && obs->drop < DROP_MAX)
 		account(obs->dir * DROP_MAX + obs->drop, bytes);
-	/* Constant indexes only (see above). */
+	/* Constant indexes only (see above). A side's TCP flags are set once each:
+	 * the atomic OR only when one is new. */
 	if (side) {
 		__sync_fetch_and_add(&v->packets[1], segs);
 		__sync_fetch_and_add(&v->bytes[1], (__u32)bytes);
-		if (p->tcp_flags)
+		if (~v->side[1] & ((__u32)p->tcp_flags << SIDE_FLAGS_SHIFT))
 			__sync_fetch_and_or(&v->side[1], (__u32)p->tcp_flags << SIDE_FLAGS_SHIFT);
 	} else {
 		__sync_fetch_and_add(&v->packets[0], segs);
 		__sync_fetch_and_add(&v->bytes[0], (__u32)bytes);
-		if (p->tcp_flags)
+		if (~v->side[0] & ((__u32)p->tcp_flags << SIDE_FLAGS_SHIFT))
 			__sync_fetch_and_or(&v->side[0], (__u32)p->tcp_flags << SIDE_FLAGS_SHIFT);
 	}
 	if (now > v->last_ns)

@@ -22,8 +22,12 @@ static __always_inline struct dp_config *dp_config(void)
 	return bpf_map_lookup_elem(&config, &zero);
 }
 
-static __always_inline struct endpoint *endpoint_of(__u32 addr)
+/* The pod at `addr` on this node. Only the node's pod CIDR holds its pods, so
+ * other addresses (remote pods, the world) need no lookup. */
+static __always_inline struct endpoint *endpoint_of(struct dp_config *cfg, __u32 addr)
 {
+	if ((addr & cfg->pod_mask) != cfg->pod_addr)
+		return 0;
 	return bpf_map_lookup_elem(&endpoints, &addr);
 }
 

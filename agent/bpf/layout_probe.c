@@ -29,6 +29,9 @@ int main(void)
 	FIELD(dp_config, events_per_sec);
 	FIELD(dp_config, policy_epoch);
 	FIELD(dp_config, vxlan_port);
+	FIELD(dp_config, uplink_ifindex);
+	FIELD(dp_config, pod_addr);
+	FIELD(dp_config, pod_mask);
 	FIELD(flow_key, addr);
 	FIELD(flow_key, port);
 	FIELD(flow_key, proto);

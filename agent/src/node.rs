@@ -139,6 +139,7 @@ impl Node {
             vxlan.index,
             node_ip,
             config.cluster_cidr,
+            pod_cidr,
             config.flow_settings,
         )?;
         datapath.attach_overlay(VXLAN_IFACE)?;

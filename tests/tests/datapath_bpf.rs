@@ -47,6 +47,7 @@ fn two_pods(netns: &str) -> (Netns, Datapath) {
         vx,
         Ipv4Addr::new(192, 0, 2, 11),
         "10.244.0.0/16".parse().expect("cidr"),
+        "10.244.1.0/24".parse().expect("cidr"),
         FlowSettings::default(),
     )
     .expect("configure");
@@ -148,6 +149,17 @@ fn forwarding_decisions_in_the_kernel() {
     assert_eq!(counters["tunnelled_via_device"], 1);
     assert_eq!(counters["tunnelled"], 0);
     assert_eq!(counters["to_stack"], 1);
+
+    // An endpoint must be in the node's pod CIDR: from_pod looks up no other.
+    let outside = Ipv4Addr::new(10, 244, 2, 9);
+    let err = dp
+        .add_endpoint("hostA", Iface::Existing, outside, EndpointValue::default())
+        .expect_err("an address outside the pod CIDR is refused");
+    assert_eq!(
+        err.to_string(),
+        "endpoint 10.244.2.9 is outside the node's pod CIDR"
+    );
+    assert!(dp.endpoint(outside).is_none());
 }
 
 #[test]

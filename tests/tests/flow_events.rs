@@ -31,6 +31,7 @@ fn datapath_after_fins(events_bytes: u32, events_per_sec: u32) -> Datapath {
         1,
         Ipv4Addr::new(192, 0, 2, 11),
         "10.244.0.0/16".parse().expect("cidr"),
+        "10.244.1.0/24".parse().expect("cidr"),
         FlowSettings {
             enabled: true,
             events_per_sec,

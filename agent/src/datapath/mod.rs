@@ -46,6 +46,8 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("endpoint {ip} is outside the node's pod CIDR")]
+    OutsidePodCidr { ip: Ipv4Addr },
     #[error("no interface {iface}")]
     NoInterface { iface: String },
     #[error("BPF program {name} is missing from the object")]
@@ -316,12 +318,14 @@ impl Datapath {
         self.write_config(config)
     }
 
-    /// Node-wide settings the programs read.
+    /// Node-wide settings the programs read. Every endpoint's address is in
+    /// `pod_cidr`, the node's share of `cluster`.
     pub fn configure(
         &mut self,
         vxlan_ifindex: u32,
         node_ip: Ipv4Addr,
         cluster: Ipv4Cidr,
+        pod_cidr: Ipv4Cidr,
         flows: FlowSettings,
     ) -> Result<(), DatapathError> {
         let value = DpConfig {
@@ -334,6 +338,8 @@ impl Datapath {
             policy_epoch: 1,
             vxlan_port: self.config_value.vxlan_port,
             uplink_ifindex: self.config_value.uplink_ifindex,
+            pod_addr: be_addr(pod_cidr.addr()),
+            pod_mask: pod_cidr.mask().to_be(),
         };
         self.write_config(value)
     }
@@ -484,6 +490,10 @@ impl Datapath {
         ip: Ipv4Addr,
         value: EndpointValue,
     ) -> Result<(), DatapathError> {
+        let config = self.config_value;
+        if be_addr(ip) & config.pod_mask != config.pod_addr {
+            return Err(DatapathError::OutsidePodCidr { ip });
+        }
         self.attach(host_iface, &POD_HOOKS, iface)?;
         self.endpoints
             .insert(be_addr(ip), value, 0)

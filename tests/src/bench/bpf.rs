@@ -83,6 +83,7 @@ pub fn run(options: Options) -> Result<()> {
         VXLAN_IFINDEX,
         node_ip(1),
         cluster_cidr(),
+        pod_cidr(1),
         FlowSettings::default(),
     )?;
     dp.set_remote(pod_cidr(2), node_ip(2))?;

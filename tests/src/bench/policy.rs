@@ -263,6 +263,7 @@ fn enforce(options: Options) -> Result<Enforcement> {
         1,
         Ipv4Addr::new(192, 0, 2, 11),
         "10.64.0.0/10".parse()?,
+        "10.64.0.0/10".parse()?,
         FlowSettings::default(),
     )?;
     let dp = Mutex::new(dp);
