@@ -145,6 +145,8 @@ static __always_inline enum encap_result vxlan_encap(struct __sk_buff *skb, stru
 			    BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
 			    BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr));
 	struct vxlan_encap h = {};
+	struct vxlan_encap *out;
+	void *data, *data_end;
 	__u32 outer_len;
 
 	/* From the inner headers, while `p` still points at them. */
@@ -172,8 +174,17 @@ static __always_inline enum encap_result vxlan_encap(struct __sk_buff *skb, stru
 	h.udp.check = 0;
 	h.vx.flags = bpf_htonl(VXLAN_FLAG_I);
 	h.vx.vni = bpf_htonl(tag << 8);
-	if (bpf_skb_store_bytes(skb, 0, &h.eth, VXLAN_ENCAP_LEN, 0))
+	/* Written in place: `align` falls just before the packet, never written. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	out = data - sizeof(h.align);
+	if ((void *)(out + 1) > data_end)
 		return ENCAP_BROKEN;
+	out->eth = h.eth;
+	out->ip = h.ip;
+	out->udp = h.udp;
+	out->vx = h.vx;
+	out->inner = h.inner;
 	return ENCAP_DONE;
 }
 
