@@ -26,9 +26,14 @@ static __always_inline struct dp_config *dp_config(void)
  * other addresses (remote pods, the world) need no lookup. */
 static __always_inline struct endpoint *endpoint_of(struct dp_config *cfg, __u32 addr)
 {
+	struct endpoint *ep;
+	__u32 slot;
+
 	if ((addr & cfg->pod_mask) != cfg->pod_addr)
 		return 0;
-	return bpf_map_lookup_elem(&endpoints, &addr);
+	slot = bpf_ntohl(addr) - bpf_ntohl(cfg->pod_addr);
+	ep = bpf_map_lookup_elem(&endpoints, &slot);
+	return ep && ep->ifindex ? ep : 0;
 }
 
 static __always_inline struct remote_node *remote_of(__u32 addr)

@@ -41,7 +41,8 @@
 #define CFG_POLICY 2u   /* some endpoint is isolated: evaluate NetworkPolicy */
 #define CFG_LIVE_TRACE 4u /* a live trace is armed: from_pod looks its pod up in trace_live */
 
-/* A pod attached to this node, keyed by its IPv4 address (network order). */
+/* A pod attached to this node, in slot (its address − the first address of the
+ * node's pod CIDR) of `endpoints`; ifindex 0 marks an empty slot. */
 struct endpoint {
 	__u32 ifindex;     /* host-side veth */
 	__u32 identity;    /* cluster-wide, carried in the tag */
@@ -180,8 +181,10 @@ enum counter {
 	CNT_MAX = 19,
 };
 
+/* An array, not a hash: the lookup is an index the verifier inlines. A pod CIDR
+ * of more than MAX_ENDPOINTS addresses is refused. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_ENDPOINTS);
 	__type(key, __u32);
 	__type(value, struct endpoint);

@@ -160,6 +160,24 @@ fn forwarding_decisions_in_the_kernel() {
         "endpoint 10.244.2.9 is outside the node's pod CIDR"
     );
     assert!(dp.endpoint(outside).is_none());
+    // The endpoint map has a slot for each address of the pod CIDR, up to a /16.
+    let err = dp
+        .configure(
+            1,
+            Ipv4Addr::new(192, 0, 2, 11),
+            "10.244.0.0/14".parse().expect("cidr"),
+            "10.244.0.0/15".parse().expect("cidr"),
+            FlowSettings::default(),
+        )
+        .expect_err("a pod CIDR larger than the endpoint map is refused");
+    assert_eq!(
+        err.to_string(),
+        "pod CIDR 10.244.0.0/15 has more addresses than the datapath's 65536 endpoint slots"
+    );
+    // Refused, the old settings stay: pod B is still delivered to.
+    let (verdict, _) = run(&mut dp, names::FROM_POD, &syn(pod_a, pod_b));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(dp.endpoint(pod_b).map(|e| e.mac), Some(pod_b_mac));
 }
 
 #[test]

@@ -14,7 +14,7 @@ pub mod policy;
 use std::collections::HashMap as StdHashMap;
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{
     NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
     qdisc_add_clsact, qdisc_detach_program,
@@ -25,8 +25,8 @@ use lumen_api::Ipv4Cidr;
 
 use abi::{
     CFG_LIVE_TRACE, CFG_NO_FLOWS, CFG_POLICY, DpConfig, EndpointValue, EpPolicy, FlowKey,
-    FlowValue, LiveTrace, LpmV4Key, PeerKey, PolicyRule, RemoteNode, TraceKey, Traffic, be_addr,
-    names,
+    FlowValue, LiveTrace, LpmV4Key, MAX_ENDPOINTS, PeerKey, PolicyRule, RemoteNode, TraceKey,
+    Traffic, be_addr, names,
 };
 pub use decide::DatapathDecision;
 use lumen_api::policy::RuleId;
@@ -46,6 +46,11 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error(
+        "pod CIDR {cidr} has more addresses than the datapath's {} endpoint slots",
+        MAX_ENDPOINTS
+    )]
+    PodCidrTooLarge { cidr: Ipv4Cidr },
     #[error("endpoint {ip} is outside the node's pod CIDR")]
     OutsidePodCidr { ip: Ipv4Addr },
     #[error("no interface {iface}")]
@@ -194,7 +199,7 @@ impl std::fmt::Debug for TraceMaps {
 /// The loaded datapath and its typed map handles.
 pub struct Datapath {
     ebpf: Ebpf,
-    endpoints: HashMap<MapData, u32, EndpointValue>,
+    endpoints: Array<MapData, EndpointValue>,
     remote: LpmTrie<MapData, u32, RemoteNode>,
     config: aya::maps::Array<MapData, DpConfig>,
     counters: PerCpuArray<MapData, u64>,
@@ -213,6 +218,8 @@ pub struct Datapath {
     policy_writes: u64,
     /// The settings last written, to flip `CFG_POLICY` alone.
     config_value: DpConfig,
+    /// The node's pod CIDR, once configured: the endpoint map's address range.
+    pod_cidr: Option<Ipv4Cidr>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -277,6 +284,7 @@ impl Datapath {
             policy: Installed::default(),
             policy_writes: 0,
             config_value: DpConfig::default(),
+            pod_cidr: None,
             flows: Some(FlowMaps {
                 table: take_map(&mut ebpf, names::FLOWS)?,
                 events: take_map(&mut ebpf, names::FLOW_EVENTS)?,
@@ -319,7 +327,8 @@ impl Datapath {
     }
 
     /// Node-wide settings the programs read. Every endpoint's address is in
-    /// `pod_cidr`, the node's share of `cluster`.
+    /// `pod_cidr`, the node's share of `cluster`, which must have no more
+    /// addresses than the endpoint map has slots.
     pub fn configure(
         &mut self,
         vxlan_ifindex: u32,
@@ -328,6 +337,9 @@ impl Datapath {
         pod_cidr: Ipv4Cidr,
         flows: FlowSettings,
     ) -> Result<(), DatapathError> {
+        if pod_cidr.size() > u64::from(MAX_ENDPOINTS) {
+            return Err(DatapathError::PodCidrTooLarge { cidr: pod_cidr });
+        }
         let value = DpConfig {
             vxlan_ifindex,
             node_ip: be_addr(node_ip),
@@ -341,7 +353,9 @@ impl Datapath {
             pod_addr: be_addr(pod_cidr.addr()),
             pod_mask: pod_cidr.mask().to_be(),
         };
-        self.write_config(value)
+        self.write_config(value)?;
+        self.pod_cidr = Some(pod_cidr);
+        Ok(())
     }
 
     fn write_config(&mut self, value: DpConfig) -> Result<(), DatapathError> {
@@ -490,13 +504,12 @@ impl Datapath {
         ip: Ipv4Addr,
         value: EndpointValue,
     ) -> Result<(), DatapathError> {
-        let config = self.config_value;
-        if be_addr(ip) & config.pod_mask != config.pod_addr {
-            return Err(DatapathError::OutsidePodCidr { ip });
-        }
+        let slot = self
+            .endpoint_slot(ip)
+            .ok_or(DatapathError::OutsidePodCidr { ip })?;
         self.attach(host_iface, &POD_HOOKS, iface)?;
         self.endpoints
-            .insert(be_addr(ip), value, 0)
+            .set(slot, value, 0)
             .map_err(|source| DatapathError::Update {
                 name: names::ENDPOINTS,
                 source,
@@ -505,7 +518,17 @@ impl Datapath {
 
     /// The datapath's record of a local endpoint.
     pub fn endpoint(&self, ip: Ipv4Addr) -> Option<EndpointValue> {
-        self.endpoints.get(&be_addr(ip), 0).ok()
+        let slot = self.endpoint_slot(ip)?;
+        self.endpoints
+            .get(&slot, 0)
+            .ok()
+            .filter(|value| value.ifindex != 0)
+    }
+
+    /// Where the endpoint at `ip` lives in the endpoint map: its offset in the
+    /// node's pod CIDR (`endpoint_of` in forward.h), None outside it.
+    fn endpoint_slot(&self, ip: Ipv4Addr) -> Option<u32> {
+        self.pod_cidr?.offset_of(ip)
     }
 
     /// Forget an endpoint.
@@ -517,8 +540,10 @@ impl Datapath {
     /// every other ADD and DEL) held meanwhile.
     #[must_use = "dropping the attachments detaches the programs"]
     pub fn remove_endpoint(&mut self, host_iface: &str, ip: Ipv4Addr) -> Vec<SchedClassifierLink> {
-        if let Err(error) = self.endpoints.remove(&be_addr(ip)) {
-            tracing::debug!(%ip, %error, "endpoint was not in the map");
+        if let Some(slot) = self.endpoint_slot(ip)
+            && let Err(error) = self.endpoints.set(slot, EndpointValue::default(), 0)
+        {
+            tracing::warn!(%ip, %error, "clearing the endpoint's slot failed");
         }
         let Some(links) = self.links.remove(host_iface) else {
             return Vec::new();
