@@ -131,7 +131,7 @@ static __always_inline __u8 flow_track(struct __sk_buff *skb, struct pkt *p,
 {
 	struct flow_key key = {};
 	struct flow_value *v;
-	__u64 now, bytes;
+	__u64 now, bytes, moved;
 	__u32 segs, side;
 
 	if (cfg->flags & CFG_NO_FLOWS)
@@ -141,6 +141,7 @@ static __always_inline __u8 flow_track(struct __sk_buff *skb, struct pkt *p,
 	if (segs == 0)
 		segs = 1;
 	bytes = skb->len - ETH_HLEN + (__u64)(segs - 1) * p->hdr_len;
+	moved = (__u64)(__u32)bytes << 32 | segs;
 	side = bpf_ntohl(p->saddr) > bpf_ntohl(p->daddr) ||
 	       (p->saddr == p->daddr && bpf_ntohs(p->sport) > bpf_ntohs(p->dport));
 	/* Constant indexes only: the verifier rejects variable offsets into the stack. */
@@ -197,13 +198,11 @@ static __always_inline __u8 flow_track(struct __sk_buff *skb, struct pkt *p,
 	/* Constant indexes only (see above). A side's TCP flags are set once each:
 	 * the atomic OR only when one is new. */
 	if (side) {
-		__sync_fetch_and_add(&v->packets[1], segs);
-		__sync_fetch_and_add(&v->bytes[1], (__u32)bytes);
+		__sync_fetch_and_add(&v->count[1], moved);
 		if (~v->side[1] & ((__u32)p->tcp_flags << SIDE_FLAGS_SHIFT))
 			__sync_fetch_and_or(&v->side[1], (__u32)p->tcp_flags << SIDE_FLAGS_SHIFT);
 	} else {
-		__sync_fetch_and_add(&v->packets[0], segs);
-		__sync_fetch_and_add(&v->bytes[0], (__u32)bytes);
+		__sync_fetch_and_add(&v->count[0], moved);
 		if (~v->side[0] & ((__u32)p->tcp_flags << SIDE_FLAGS_SHIFT))
 			__sync_fetch_and_or(&v->side[0], (__u32)p->tcp_flags << SIDE_FLAGS_SHIFT);
 	}

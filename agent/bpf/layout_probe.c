@@ -38,8 +38,7 @@ int main(void)
 	FIELD(flow_value, last_ns);
 	FIELD(flow_value, first_us);
 	FIELD(flow_value, first_seq);
-	FIELD(flow_value, bytes);
-	FIELD(flow_value, packets);
+	FIELD(flow_value, count);
 	FIELD(flow_value, side);
 	FIELD(flow_value, tag);
 	FIELD(flow_value, rule);

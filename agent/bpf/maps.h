@@ -117,15 +117,17 @@ struct flow_key {
 /*
  * What the datapath knows of a flow, in 48 bytes: with the 16-byte key and the
  * kernel's own 48 bytes an LRU element is 112 bytes, and the hash table's bucket
- * array adds 16 a slot: 128 bytes a flow. Counters are 32 bits and wrap; the agent
- * reads the table every second or so and keeps 64-bit totals.
+ * array adds 16 a slot: 128 bytes a flow. A side's packets and bytes share one
+ * 64-bit word, bytes on top, so one atomic add counts a packet: a carry out of
+ * the packets moves into the bytes, and the difference of two readings still
+ * splits exactly into both (fewer than 2^32 packets apart). Each wraps at 32
+ * bits; the agent reads the table every second or so and keeps 64-bit totals.
  */
 struct flow_value {
 	__u64 last_ns;    /* bpf_ktime_get_ns() of the last packet */
 	__u32 first_us;   /* low 32 bits of the first packet's time in microseconds */
 	__u32 first_seq;  /* TCP: sequence number of the first packet; else its IPv4 id */
-	__u32 bytes[2];   /* IP bytes sent by side 0, by side 1 */
-	__u32 packets[2];
+	__u64 count[2];   /* side 0, side 1: IP bytes sent << 32 | packets sent */
 	__u32 side[2];    /* identity | TCP flags << SIDE_FLAGS_SHIFT, per side */
 	__u32 tag;        /* VNI | FLOW_F_* | drop reason << TAG_DROP_SHIFT */
 	__u16 rule[2];    /* handle of the deciding rule (or default deny), [POL_INGRESS], [POL_EGRESS]; 0 no policy */

@@ -123,8 +123,9 @@ pub struct FlowValue {
     pub last_ns: u64,
     pub first_us: u32,
     pub first_seq: u32,
-    pub bytes: [u32; 2],
-    pub packets: [u32; 2],
+    /// Per side: bytes sent in the top 32 bits, packets below, as one word the
+    /// datapath adds to atomically ([`count_of`]).
+    pub count: [u64; 2],
     pub side: [u32; 2],
     pub tag: u32,
     pub rule: [u16; 2],
@@ -141,6 +142,14 @@ pub const FLOW_F_OVERLAY: u32 = 1 << 26;
 pub const FLOW_F_DENIED: u32 = 1 << 27;
 pub const FLOW_EPOCH_SHIFT: u32 = 28;
 pub const TAG_DROP_SHIFT: u32 = 30;
+
+/// A `flow_value.count` word: `bytes` on top of `packets`. Each wraps at 32
+/// bits, and a carry out of the packets moves into the bytes, so only the
+/// difference of two readings splits into packets and bytes exactly
+/// (`flows::decode::Widened`).
+pub fn count_of(packets: u32, bytes: u32) -> u64 {
+    u64::from(bytes) << 32 | u64::from(packets)
+}
 
 impl FlowValue {
     /// The identity of side `i` (0 or 1).
@@ -459,8 +468,7 @@ mod tests {
             ("flow_value.last_ns", offset_of!(FlowValue, last_ns), 8),
             ("flow_value.first_us", offset_of!(FlowValue, first_us), 4),
             ("flow_value.first_seq", offset_of!(FlowValue, first_seq), 4),
-            ("flow_value.bytes", offset_of!(FlowValue, bytes), 8),
-            ("flow_value.packets", offset_of!(FlowValue, packets), 8),
+            ("flow_value.count", offset_of!(FlowValue, count), 16),
             ("flow_value.side", offset_of!(FlowValue, side), 8),
             ("flow_value.tag", offset_of!(FlowValue, tag), 4),
             ("flow_value.rule", offset_of!(FlowValue, rule), 4),

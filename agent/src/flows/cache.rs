@@ -241,6 +241,7 @@ impl FlowCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::abi::count_of;
 
     const S: u64 = 1_000_000_000;
 
@@ -260,8 +261,10 @@ mod tests {
         FlowValue {
             first_us: (S / 1000) as u32,
             last_ns: last,
-            packets: [packets, packets],
-            bytes: [packets * 100, packets * 60],
+            count: [
+                count_of(packets, packets * 100),
+                count_of(packets, packets * 60),
+            ],
             side: flags.map(|f| u32::from(f) << 24),
             ..FlowValue::default()
         }

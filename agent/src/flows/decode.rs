@@ -65,8 +65,18 @@ impl Observed {
 /// reads them before any moves by 2^32 (seconds at 10 Gbit/s for bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Widened {
-    raw: [[u32; 2]; 2],
+    /// Each side's `count` word as last read.
+    raw: [u64; 2],
     totals: Totals,
+}
+
+/// The packets and bytes between two readings of a `count` word: the word is
+/// bytes << 32 plus packets, modulo 2^64, so the low half of the difference is
+/// the packets and the high half the bytes, carries included, as long as
+/// fewer than 2^32 packets came between.
+fn moved(now: u64, before: u64) -> (u32, u32) {
+    let delta = now.wrapping_sub(before);
+    (delta as u32, (delta >> 32) as u32)
 }
 
 impl Widened {
@@ -74,8 +84,8 @@ impl Widened {
     /// after the table): some counter would have to move backwards.
     pub fn is_behind(&self, value: &FlowValue) -> bool {
         (0..2).any(|i| {
-            value.packets[i].wrapping_sub(self.raw[0][i]) > u32::MAX / 2
-                || value.bytes[i].wrapping_sub(self.raw[1][i]) > u32::MAX / 2
+            let (packets, bytes) = moved(value.count[i], self.raw[i]);
+            packets > u32::MAX / 2 || bytes > u32::MAX / 2
         })
     }
 
@@ -87,10 +97,11 @@ impl Widened {
     /// Advance by what the kernel counters moved since the last reading.
     pub fn update(&mut self, value: &FlowValue) -> Totals {
         for i in 0..2 {
-            self.totals.packets[i] += u64::from(value.packets[i].wrapping_sub(self.raw[0][i]));
-            self.totals.bytes[i] += u64::from(value.bytes[i].wrapping_sub(self.raw[1][i]));
+            let (packets, bytes) = moved(value.count[i], self.raw[i]);
+            self.totals.packets[i] += u64::from(packets);
+            self.totals.bytes[i] += u64::from(bytes);
         }
-        self.raw = [value.packets, value.bytes];
+        self.raw = value.count;
         self.totals
     }
 }
@@ -168,6 +179,7 @@ pub fn decode(key: &FlowKey, value: &FlowValue, totals: Totals, first_ns: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::abi::count_of;
 
     fn be(ip: [u8; 4]) -> u32 {
         u32::from_ne_bytes(ip)
@@ -228,7 +240,7 @@ mod tests {
         };
         let other_node = FlowValue {
             last_ns: 99,
-            bytes: [1, 2],
+            count: [count_of(1, 1), count_of(1, 2)],
             first_seq: 1234,
             ..FlowValue::default()
         };
@@ -252,17 +264,27 @@ mod tests {
 
     #[test]
     fn widening_survives_wraparound() {
-        let mut w = Widened::default();
-        let mut v = FlowValue {
-            packets: [u32::MAX, 3],
-            bytes: [u32::MAX - 1, 7],
-            ..FlowValue::default()
+        // As the datapath counts: one wrapping 64-bit add of bytes << 32 | packets.
+        let add = |v: &mut FlowValue, side: usize, packets: u32, bytes: u32| {
+            v.count[side] = v.count[side].wrapping_add(count_of(packets, bytes));
         };
-        assert_eq!(w.update(&v).packets, [u64::from(u32::MAX), 3]);
-        v.packets = [2, 3];
-        v.bytes = [5, 7];
+        let mut w = Widened::default();
+        let mut v = FlowValue::default();
+        add(&mut v, 0, u32::MAX, u32::MAX - 1);
+        add(&mut v, 1, 3, 7);
+        let t = w.update(&v);
+        assert_eq!(
+            (t.packets, t.bytes),
+            ([u64::from(u32::MAX), 3], [u64::from(u32::MAX) - 1, 7])
+        );
+        // Side 0's packets wrap (their carry lands in the bytes), and so do its bytes.
+        let before = v;
+        add(&mut v, 0, 3, 7);
         let t = w.update(&v);
         assert_eq!(t.packets, [u64::from(u32::MAX) + 3, 3]);
         assert_eq!(t.bytes, [u64::from(u32::MAX) + 6, 7]);
+        // A snapshot from before the last reading is told apart.
+        assert!(w.is_behind(&before));
+        assert!(!w.is_behind(&v));
     }
 }
