@@ -61,16 +61,14 @@ _Static_assert(__builtin_offsetof(struct vxlan_encap, inner) + sizeof(struct eth
  * Can the fast path take this packet? It needs the uplink (its programs
  * attached) and a packet that still fits the uplink's MTU once encapsulated,
  * unless it is GSO: its segments are sized for the overlay. A bigger one takes
- * the VXLAN device's path, which answers with the path MTU.
+ * the VXLAN device's path, which answers with the path MTU. The MTU is the one
+ * the agent read when it attached the uplink, as the pods' MTU is.
  */
 static __always_inline int encap_fits(struct __sk_buff *skb, struct dp_config *cfg)
 {
-	__u32 mtu_len = 0;
-
 	if (!cfg->vxlan_port || !cfg->uplink_ifindex)
 		return 0;
-	return bpf_check_mtu(skb, cfg->uplink_ifindex, &mtu_len, VXLAN_OVERHEAD, 0) ==
-	       BPF_MTU_CHK_RET_SUCCESS;
+	return skb->gso_size || skb->len - ETH_HLEN + VXLAN_OVERHEAD <= cfg->uplink_mtu;
 }
 
 /* The outer header's ECN: the inner packet's, with CE sent as ECT(0), as the

@@ -30,6 +30,7 @@ int main(void)
 	FIELD(dp_config, policy_epoch);
 	FIELD(dp_config, vxlan_port);
 	FIELD(dp_config, uplink_ifindex);
+	FIELD(dp_config, uplink_mtu);
 	FIELD(dp_config, pod_addr);
 	FIELD(dp_config, pod_mask);
 	FIELD(flow_key, addr);

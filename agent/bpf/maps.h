@@ -75,6 +75,7 @@ struct dp_config {
 	__u32 vxlan_port;   /* host order; 0 until the uplink's programs are attached,
 			     * and until then neither overlay fast path runs */
 	__u32 uplink_ifindex; /* where from_pod sends what it encapsulates */
+	__u32 uplink_mtu;   /* the uplink's MTU when its programs were attached */
 	__u32 pod_addr;     /* this node's pod CIDR, network order: every endpoint is in it */
 	__u32 pod_mask;     /* network order */
 };

@@ -45,6 +45,9 @@ pub struct DpConfig {
     pub vxlan_port: u32,
     /// The uplink `from_pod` sends what it encapsulates to (set with `vxlan_port`).
     pub uplink_ifindex: u32,
+    /// The uplink's MTU when its programs were attached: a bigger packet once
+    /// encapsulated takes the VXLAN device's path.
+    pub uplink_mtu: u32,
     /// The node's pod CIDR (network order), which holds every endpoint.
     pub pod_addr: u32,
     pub pod_mask: u32,
@@ -460,6 +463,7 @@ mod tests {
                 offset_of!(DpConfig, uplink_ifindex),
                 4,
             ),
+            ("dp_config.uplink_mtu", offset_of!(DpConfig, uplink_mtu), 4),
             ("dp_config.pod_addr", offset_of!(DpConfig, pod_addr), 4),
             ("dp_config.pod_mask", offset_of!(DpConfig, pod_mask), 4),
             ("flow_key.addr", offset_of!(FlowKey, addr), 8),

@@ -350,6 +350,7 @@ impl Datapath {
             policy_epoch: 1,
             vxlan_port: self.config_value.vxlan_port,
             uplink_ifindex: self.config_value.uplink_ifindex,
+            uplink_mtu: self.config_value.uplink_mtu,
             pod_addr: be_addr(pod_cidr.addr()),
             pod_mask: pod_cidr.mask().to_be(),
         };
@@ -474,14 +475,16 @@ impl Datapath {
     /// packets to `vxlan_port` for local pods are decapsulated there. From then
     /// on `from_pod` encapsulates for remote pods itself and sends to it.
     pub fn attach_underlay(&mut self, iface: &str, vxlan_port: u16) -> Result<(), DatapathError> {
-        let uplink_ifindex =
-            crate::iface::index(iface).ok_or_else(|| DatapathError::NoInterface {
-                iface: iface.to_owned(),
-            })?;
+        let missing = || DatapathError::NoInterface {
+            iface: iface.to_owned(),
+        };
+        let uplink_ifindex = crate::iface::index(iface).ok_or_else(missing)?;
+        let uplink_mtu = crate::iface::mtu(iface).ok_or_else(missing)?;
         self.attach(iface, &UNDERLAY_HOOKS, Iface::Existing)?;
         let config = DpConfig {
             vxlan_port: u32::from(vxlan_port),
             uplink_ifindex,
+            uplink_mtu,
             ..self.config_value
         };
         self.write_config(config)
