@@ -41,7 +41,7 @@ struct vxlan_hdr {
 #define VXLAN_SPORT_MIN 32768
 #define VXLAN_SPORT_MAX 61000
 
-/* Every header in front of the inner IP packet, stored as one run from `eth`;
+/* Every header in front of the inner IP packet, laid over the packet from `eth`;
  * `align` puts the IP header on a 4-byte boundary with no padding between. */
 struct vxlan_encap {
 	__u16 align;
