@@ -157,20 +157,19 @@ static __always_inline __u8 flow_track(struct __sk_buff *skb, struct pkt *p,
 		key.port[1] = p->dport;
 	}
 	key.proto = p->proto;
+
+	v = bpf_map_lookup_elem(&flows, &key);
 	/* The exact time where a record or event reports it: a flow's first packet,
 	 * its end, a drop. Other packets only move last_ns on, by the tick. */
-	if (obs->drop || (p->tcp_flags & (TCP_FIN | TCP_RST)))
+	if (!v || obs->drop || (p->tcp_flags & (TCP_FIN | TCP_RST)))
 		now = bpf_ktime_get_ns();
 	else
 		now = bpf_ktime_get_coarse_ns();
-
-	v = bpf_map_lookup_elem(&flows, &key);
 	if (!v) {
 		struct flow_value init = {};
 		__u32 src = obs->src_identity & SIDE_IDENTITY_MASK;
 		__u32 dst = obs->dst_identity & SIDE_IDENTITY_MASK;
 
-		now = bpf_ktime_get_ns();
 		init.last_ns = now;
 		init.first_us = (__u32)(now / 1000);
 		init.first_seq = p->proto == IPPROTO_TCP ? p->seq : bpf_ntohs(p->ip->id);

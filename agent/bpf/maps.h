@@ -125,7 +125,8 @@ struct flow_key {
  * bits; the agent reads the table every second or so and keeps 64-bit totals.
  */
 struct flow_value {
-	__u64 last_ns;    /* bpf_ktime_get_ns() of the last packet */
+	__u64 last_ns;    /* monotonic time of the last packet: exact at the first, at
+			   * FIN/RST and drops, else the tick's; never moves back */
 	__u32 first_us;   /* low 32 bits of the first packet's time in microseconds */
 	__u32 first_seq;  /* TCP: sequence number of the first packet; else its IPv4 id */
 	__u64 count[2];   /* side 0, side 1: IP bytes sent << 32 | packets sent */

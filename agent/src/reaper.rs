@@ -48,6 +48,25 @@ struct Pending {
     deleted: Notify,
 }
 
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Returns once `done` holds of the names still pending.
+    async fn wait_until(&self, done: impl Fn(&HashMap<String, usize>) -> bool) {
+        loop {
+            let deleted = self.deleted.notified();
+            if done(&self.lock()) {
+                return;
+            }
+            deleted.await;
+        }
+    }
+}
+
 /// The handle DELs send their veths to.
 #[derive(Debug, Clone)]
 pub struct LinkReaper {
@@ -74,45 +93,28 @@ impl LinkReaper {
     /// dropping `keep` once it is gone; returns at once. A link that is not
     /// there is already deleted.
     pub fn delete(&self, name: &str, keep: impl Any + Send) -> Result<(), ReaperError> {
-        *self.lock().entry(name.to_owned()).or_default() += 1;
+        *self.pending.lock().entry(name.to_owned()).or_default() += 1;
         self.tx
             .send(Request {
                 name: name.to_owned(),
                 keep: Box::new(keep),
             })
             .map_err(|_| {
-                forget(&mut self.lock(), name);
+                forget(&mut self.pending.lock(), name);
                 ReaperError::Gone
             })
     }
 
     /// Returns once no deletion of `name` is under way.
     pub async fn settled(&self, name: &str) {
-        loop {
-            let deleted = self.pending.deleted.notified();
-            if !self.lock().contains_key(name) {
-                return;
-            }
-            deleted.await;
-        }
+        self.pending
+            .wait_until(|names| !names.contains_key(name))
+            .await;
     }
 
     /// Returns once no deletion at all is under way.
     pub async fn all_settled(&self) {
-        loop {
-            let deleted = self.pending.deleted.notified();
-            if self.lock().is_empty() {
-                return;
-            }
-            deleted.await;
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.pending
-            .names
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.pending.wait_until(HashMap::is_empty).await;
     }
 }
 
@@ -144,14 +146,14 @@ async fn reap(mut rx: mpsc::UnboundedReceiver<Request>, pending: Arc<Pending>) {
         }
         tracing::debug!(links = grouped, "veths deleted in one batch");
         {
-            let mut names = pending
-                .names
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for request in batch.drain(..) {
+            let mut names = pending.lock();
+            for request in &batch {
                 forget(&mut names, &request.name);
-                drop(request.keep);
             }
+        }
+        // What the links kept alive goes after the lock, not under it.
+        for request in batch.drain(..) {
+            drop(request.keep);
         }
         pending.deleted.notify_waiters();
     }

@@ -333,8 +333,11 @@ fn newest_plugin(bin_dir: &Path) -> PathBuf {
                 .join(profile)
                 .join("lumen-cni")
         });
-    match static_build {
-        Some(path) if modified(&path) >= modified(&glibc) && modified(&path).is_some() => path,
+    match static_build
+        .as_deref()
+        .and_then(|path| Some((path, modified(path)?)))
+    {
+        Some((path, built)) if Some(built) >= modified(&glibc) => path.to_owned(),
         _ => glibc,
     }
 }

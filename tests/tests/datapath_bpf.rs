@@ -13,7 +13,7 @@ use lumen_agent::datapath::{Datapath, FlowSettings, Iface};
 use lumen_api::policy::RuleId;
 use lumen_api::{Identity, Ipv4Cidr};
 use lumen_tests::bench::netns::Netns;
-use lumen_tests::bench::packet::{tcp_packet, tcp_syn, vxlan_frame as vxlan};
+use lumen_tests::bench::packet::{padded, tcp_packet, tcp_syn, vxlan_frame as vxlan};
 use lumen_tests::harness;
 
 const TC_ACT_OK: u32 = 0;
@@ -217,12 +217,7 @@ fn from_pod_encapsulates_for_remote_pods() {
 
     // Too big for the uplink once encapsulated: the device's path, which
     // answers with the path MTU. One byte less fits.
-    let sized = |ip_len: u16| {
-        let mut packet = syn(POD_A, remote_pod);
-        packet.resize(14 + usize::from(ip_len), 0);
-        packet[16..18].copy_from_slice(&ip_len.to_be_bytes());
-        packet
-    };
+    let sized = |ip_len| padded(syn(POD_A, remote_pod), ip_len);
     let big = sized(1451);
     let (verdict, out) = run(&mut dp, names::FROM_POD, &big);
     assert_eq!((verdict, out.len()), (TC_ACT_REDIRECT, big.len()));

@@ -285,6 +285,9 @@ fn system_deps() -> Result<()> {
 /// plugin once per ADD and DEL. Labs run this build
 /// (`lumen_lab::config::cni_plugin`); cargo keeps the glibc one beside the
 /// other binaries.
+///
+/// Equal to `lumen_lab::config::CNI_STATIC_TARGET`: xtask depends on no crate
+/// of the workspace (it builds before the system packages they need).
 const CNI_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// The static `lumen-cni` that `build(release)` makes.
@@ -298,6 +301,7 @@ fn static_cni(release: bool) -> PathBuf {
 /// Labs started by `cmd` run the static plugin (cargo re-links the glibc one
 /// into `target/<profile>` on every test build, so its age says nothing).
 fn with_static_cni(cmd: &mut Command, release: bool) -> &mut Command {
+    // `lumen_lab::config::CNI_PLUGIN_ENV`.
     cmd.env("LUMEN_CNI_PLUGIN", static_cni(release))
 }
 

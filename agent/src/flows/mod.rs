@@ -111,6 +111,7 @@ impl Flows {
                 sinks,
                 metrics,
                 stats: stats.clone(),
+                mono_to_epoch: clock::mono_to_epoch(),
             },
             stop: stop.clone(),
             // The maps are this agent's own (loaded fresh): every loss counts.
@@ -182,6 +183,9 @@ struct Emitter {
     /// Per-pod series, when switched on.
     metrics: Option<Arc<Metrics>>,
     stats: Arc<Mutex<FlowStats>>,
+    /// The wall clock's offset from the datapath's, taken afresh for each
+    /// batch: it moves whenever the wall clock is adjusted.
+    mono_to_epoch: u64,
 }
 
 impl Collector {
@@ -200,7 +204,7 @@ impl Collector {
         }
         self.read_events();
         self.drain(clock::now_mono_ns());
-        self.emitter.refresh_lookup();
+        self.emitter.refresh();
         for e in self.cache.flush() {
             self.emitter.emit(e);
         }
@@ -220,7 +224,7 @@ impl Collector {
     fn read_events(&mut self) {
         let now = clock::now_mono_ns();
         let mut count = 0u64;
-        self.emitter.refresh_lookup();
+        self.emitter.refresh();
         while let Some(item) = self.maps.events.next() {
             count += 1;
             let Some(event) = RawEvent::from_bytes(&item) else {
@@ -246,7 +250,7 @@ impl Collector {
     }
 
     fn drain(&mut self, now: u64) {
-        self.emitter.refresh_lookup();
+        self.emitter.refresh();
         // Streamed both ways: neither the table nor the records it yields are
         // ever held whole (100,000 flows would be tens of MB).
         let mut table_entries = 0u64;
@@ -329,7 +333,10 @@ impl Collector {
 
 impl Emitter {
     /// Pods come and go: name flows by the cluster as it is now.
-    fn refresh_lookup(&mut self) {
+    /// Before a batch of records: the clock offset, and the cluster lookup if
+    /// the cluster changed.
+    fn refresh(&mut self) {
+        self.mono_to_epoch = clock::mono_to_epoch();
         if self.cluster.has_changed().unwrap_or(false) {
             self.lookup = ClusterLookup::new(&self.cluster.borrow_and_update());
         }
@@ -340,9 +347,7 @@ impl Emitter {
             cluster: &self.lookup,
             rules: &self.rules,
         };
-        // The wall clock's offset from the datapath's as it is now: it moves
-        // whenever the wall clock is adjusted.
-        let mut flow = enrich(&e.observed, &self.node, clock::mono_to_epoch(), &lookups);
+        let mut flow = enrich(&e.observed, &self.node, self.mono_to_epoch, &lookups);
         flow.end_reason = e.reason;
         flow.forward_delta = e.forward_delta;
         flow.reverse_delta = e.reverse_delta;

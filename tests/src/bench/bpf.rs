@@ -15,7 +15,7 @@ use lumen_lab::config::{EXTERNAL_IP, cluster_cidr, node_ip, pod_cidr, underlay_c
 use lumen_lab::netio::netns as enter_netns;
 
 use super::netns::Netns;
-use super::packet::{tcp_syn, vxlan_frame};
+use super::packet::{padded, tcp_syn, vxlan_frame};
 use super::report::{Verdict, print_verdicts, ratio};
 use super::stats::median;
 
@@ -162,7 +162,7 @@ fn cases(pod_a: Ipv4Addr, pod_b: Ipv4Addr) -> Vec<Case> {
             )
         },
         Case {
-            packet: sized(tcp_syn(POD_MAC, HOST_MAC, pod_a, remote, 40000, 80), 1500),
+            packet: padded(tcp_syn(POD_MAC, HOST_MAC, pod_a, remote, 40000, 80), 1500),
             ..case(
                 "from_pod -> remote pod, too big (via device)",
                 names::FROM_POD,
@@ -210,14 +210,6 @@ fn cases(pod_a: Ipv4Addr, pod_b: Ipv4Addr) -> Vec<Case> {
             resizes: true,
         },
     ]
-}
-
-/// `packet` (an IPv4 packet in an Ethernet frame) grown with zeros to `ip_len`
-/// bytes of IP.
-fn sized(mut packet: Vec<u8>, ip_len: u16) -> Vec<u8> {
-    packet.resize(14 + usize::from(ip_len), 0);
-    packet[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    packet
 }
 
 /// Calls made for a case that `resizes`, per `repeat` iterations of the others.

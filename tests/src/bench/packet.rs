@@ -59,6 +59,15 @@ pub fn tcp_packet(
     frame
 }
 
+/// `frame` (an IPv4 packet in an Ethernet frame) grown with zeros to `ip_len`
+/// bytes of IP, its total length set to match (the IP checksum is not redone:
+/// the datapath does not check it).
+pub fn padded(mut frame: Vec<u8>, ip_len: u16) -> Vec<u8> {
+    frame.resize(ETH_LEN + usize::from(ip_len), 0);
+    frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&ip_len.to_be_bytes());
+    frame
+}
+
 /// `inner` (an Ethernet frame) in VXLAN (RFC 7348) with `vni`, sent by the
 /// node at `from` to UDP `port` of the node at `to`, as that node's uplink
 /// receives it: no UDP checksum, as the tunnel sends.
