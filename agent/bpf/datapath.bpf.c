@@ -133,7 +133,7 @@ int from_pod(struct __sk_buff *skb)
 		}
 		return deliver_local(skb, &p, dst);
 	}
-	rn = remote_of(p.daddr);
+	rn = remote_of(cfg, p.daddr);
 	if (rn) {
 		int fast = encap_fits(skb, cfg);
 
@@ -340,15 +340,15 @@ int to_overlay(struct __sk_buff *skb)
 	if (skb->mark & MARK_TUNNELLED) {
 		skb->mark &= ~MARK_TUNNELLED;
 		if ((skb->mark & MARK_TRACE) && !parse_ipv4(skb, &p) && (cfg = dp_config()) &&
-		    (rn = remote_of(p.daddr)))
+		    (rn = remote_of(cfg, p.daddr)))
 			trace_tunnelled(skb, &p, cfg, rn);
 		return TC_ACT_OK;
 	}
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_SHOT;
 	cfg = dp_config();
-	rn = remote_of(p.daddr);
-	if (!cfg || !rn) {
+	rn = cfg ? remote_of(cfg, p.daddr) : 0;
+	if (!rn) {
 		count(CNT_DROP_TUNNEL_KEY);
 		trace_marked(skb, &p, 0, &t);
 		if (t.traced)

@@ -53,6 +53,23 @@ static __always_inline void account(__u32 idx, __u64 bytes)
 	}
 }
 
+/* The coarse clock (CLOCK_MONOTONIC at the last tick): it only changes when
+ * jiffies do, so each CPU reads it once per tick and keeps it. */
+static __always_inline __u64 coarse_now(void)
+{
+	__u32 zero = 0;
+	struct tick_clock *c = bpf_map_lookup_elem(&tick_clock, &zero);
+	__u64 jiffies = bpf_jiffies64();
+
+	if (!c)
+		return bpf_ktime_get_coarse_ns();
+	if (c->jiffies != jiffies) {
+		c->ns = bpf_ktime_get_coarse_ns();
+		c->jiffies = jiffies;
+	}
+	return c->ns;
+}
+
 /* Within this CPU's event budget for the current second? */
 static __always_inline int event_allowed(struct dp_config *cfg, __u64 now)
 {
@@ -164,7 +181,7 @@ static __always_inline __u8 flow_track(struct __sk_buff *skb, struct pkt *p,
 	if (!v || obs->drop || (p->tcp_flags & (TCP_FIN | TCP_RST)))
 		now = bpf_ktime_get_ns();
 	else
-		now = bpf_ktime_get_coarse_ns();
+		now = coarse_now();
 	if (!v) {
 		struct flow_value init = {};
 		__u32 src = obs->src_identity & SIDE_IDENTITY_MASK;

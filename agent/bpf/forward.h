@@ -36,10 +36,21 @@ static __always_inline struct endpoint *endpoint_of(struct dp_config *cfg, __u32
 	return ep && ep->ifindex ? ep : 0;
 }
 
-static __always_inline struct remote_node *remote_of(__u32 addr)
+/* The remote node whose pod CIDR holds `addr`: its slot if it has one (an array
+ * load, no call), else the trie if that holds anything. */
+static __always_inline struct remote_node *remote_of(struct dp_config *cfg, __u32 addr)
 {
 	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
 
+	if ((addr & cfg->cluster_mask) == cfg->cluster_addr && cfg->slot_shift) {
+		__u32 slot = (bpf_ntohl(addr) - bpf_ntohl(cfg->cluster_addr)) >> cfg->slot_shift;
+		struct remote_node *rn = bpf_map_lookup_elem(&remote_slots, &slot);
+
+		if (rn && rn->node_ip)
+			return rn;
+	}
+	if (!(cfg->flags & CFG_REMOTE_TRIE))
+		return 0;
 	return bpf_map_lookup_elem(&remote_cidrs, &key);
 }
 

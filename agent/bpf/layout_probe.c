@@ -33,6 +33,7 @@ int main(void)
 	FIELD(dp_config, uplink_mtu);
 	FIELD(dp_config, pod_addr);
 	FIELD(dp_config, pod_mask);
+	FIELD(dp_config, slot_shift);
 	FIELD(flow_key, addr);
 	FIELD(flow_key, port);
 	FIELD(flow_key, proto);
@@ -117,6 +118,7 @@ int main(void)
 	printf("(\"CNT_MAX\", %u),\n", CNT_MAX);
 	printf("(\"MAX_ENDPOINTS\", %u),\n", MAX_ENDPOINTS);
 	printf("(\"MAX_REMOTE_CIDRS\", %u),\n", MAX_REMOTE_CIDRS);
+	printf("(\"MAX_REMOTE_SLOTS\", %u),\n", MAX_REMOTE_SLOTS);
 	printf("(\"IDENTITY_POD_BASE\", %u),\n", IDENTITY_POD_BASE);
 	printf("(\"DROP_POLICY\", %u),\n", DROP_POLICY);
 	printf("(\"DROP_TUNNEL_KEY\", %u),\n", DROP_TUNNEL_KEY);
@@ -140,6 +142,7 @@ int main(void)
 	printf("(\"RULE_PORTS\", %u),\n", RULE_PORTS);
 	printf("(\"MAX_POLICY_RULES\", %u),\n", MAX_POLICY_RULES);
 	printf("(\"CFG_LIVE_TRACE\", %u),\n", CFG_LIVE_TRACE);
+	printf("(\"CFG_REMOTE_TRIE\", %u),\n", CFG_REMOTE_TRIE);
 	printf("(\"IP_RF\", %u),\n", IP_RF);
 	printf("(\"TRACE_F_INJECTED\", %u),\n", TRACE_F_INJECTED);
 	printf("(\"TRACE_DROP_NO_ROUTE\", %u),\n", TRACE_DROP_NO_ROUTE);

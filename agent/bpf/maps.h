@@ -29,6 +29,8 @@
 
 #define MAX_ENDPOINTS 65536
 #define MAX_REMOTE_CIDRS 4096
+/* Slots of remote_slots: a cluster CIDR of up to 4096 node CIDRs. */
+#define MAX_REMOTE_SLOTS 4096
 /* Defaults; the agent may resize both at load time. */
 #define MAX_FLOWS 131072
 #define FLOW_EVENTS_BYTES (256 * 1024)
@@ -40,6 +42,7 @@
 #define CFG_NO_FLOWS 1u /* flow tracking off (benchmarks measure its cost) */
 #define CFG_POLICY 2u   /* some endpoint is isolated: evaluate NetworkPolicy */
 #define CFG_LIVE_TRACE 4u /* a live trace is armed: from_pod looks its pod up in trace_live */
+#define CFG_REMOTE_TRIE 8u /* remote_cidrs holds a CIDR remote_slots cannot: look there too */
 
 /* A pod attached to this node, in slot (its address − the first address of the
  * node's pod CIDR) of `endpoints`; ifindex 0 marks an empty slot. */
@@ -78,6 +81,9 @@ struct dp_config {
 	__u32 uplink_mtu;   /* the uplink's MTU when its programs were attached */
 	__u32 pod_addr;     /* this node's pod CIDR, network order: every endpoint is in it */
 	__u32 pod_mask;     /* network order */
+	__u32 slot_shift;   /* 32 - the pod CIDRs' prefix length: an address's
+			     * remote_slots index is its cluster offset >> this;
+			     * 0 while the cluster has more node CIDRs than slots */
 };
 
 /* Why the datapath dropped a packet (api::DropReason codes); 0 = forwarded. */
@@ -194,6 +200,17 @@ struct {
 	__type(value, struct endpoint);
 } endpoints SEC(".maps");
 
+/* Remote nodes by where their pod CIDR sits in the cluster CIDR, for the
+ * CIDRs as big as this node's (a cluster's node CIDRs usually all are):
+ * node_ip 0 = no node. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_REMOTE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct remote_node);
+} remote_slots SEC(".maps");
+
+/* The remote pod CIDRs remote_slots has no slot for. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, MAX_REMOTE_CIDRS);
@@ -234,6 +251,20 @@ struct {
 	__type(key, __u32);
 	__type(value, struct event_budget);
 } event_budget SEC(".maps");
+
+/* Per-CPU: the coarse clock as it read when jiffies last moved on here, so a
+ * packet reads it with a load (bpf_jiffies64 is inlined) rather than a call. */
+struct tick_clock {
+	__u64 jiffies;
+	__u64 ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tick_clock);
+} tick_clock SEC(".maps");
 
 /* Directions of the traffic counters. */
 enum direction {

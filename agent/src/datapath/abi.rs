@@ -51,6 +51,11 @@ pub struct DpConfig {
     /// The node's pod CIDR (network order), which holds every endpoint.
     pub pod_addr: u32,
     pub pod_mask: u32,
+    /// 32 minus the pod CIDRs' prefix length: a remote pod CIDR of this
+    /// node's size has the slot (its offset in the cluster CIDR) >> this in
+    /// `remote_slots`; 0 when the cluster CIDR holds more such CIDRs than
+    /// there are slots.
+    pub slot_shift: u32,
 }
 
 /// `dp_config.flags`: flow tracking off.
@@ -202,6 +207,7 @@ pub struct FlowEvent {
 /// Sizes of the fixed maps.
 pub const MAX_ENDPOINTS: u32 = 65536;
 pub const MAX_REMOTE_CIDRS: u32 = 4096;
+pub const MAX_REMOTE_SLOTS: u32 = 4096;
 
 /// `enum direction` and `DROP_MAX`: the layout of the `traffic` map.
 pub const DIR_EGRESS: u32 = 0;
@@ -242,6 +248,8 @@ pub struct Traffic {
 
 /// `CFG_LIVE_TRACE`: a live trace is armed, `from_pod` consults `trace_live`.
 pub const CFG_LIVE_TRACE: u32 = 4;
+/// `CFG_REMOTE_TRIE`: `remote_cidrs` holds a CIDR `remote_slots` has no slot for.
+pub const CFG_REMOTE_TRIE: u32 = 8;
 /// `IP_RF`: the IPv4 reserved flag, set on injected packets.
 pub const IP_RF: u16 = 0x8000;
 /// `TRACE_F_INJECTED`
@@ -379,6 +387,7 @@ pub mod counter {
 pub mod names {
     pub const ENDPOINTS: &str = "endpoints";
     pub const REMOTE_CIDRS: &str = "remote_cidrs";
+    pub const REMOTE_SLOTS: &str = "remote_slots";
     pub const CONFIG: &str = "config";
     pub const COUNTERS: &str = "counters";
     pub const FLOWS: &str = "flows";
@@ -466,6 +475,7 @@ mod tests {
             ("dp_config.uplink_mtu", offset_of!(DpConfig, uplink_mtu), 4),
             ("dp_config.pod_addr", offset_of!(DpConfig, pod_addr), 4),
             ("dp_config.pod_mask", offset_of!(DpConfig, pod_mask), 4),
+            ("dp_config.slot_shift", offset_of!(DpConfig, slot_shift), 4),
             ("flow_key.addr", offset_of!(FlowKey, addr), 8),
             ("flow_key.port", offset_of!(FlowKey, port), 4),
             ("flow_key.proto", offset_of!(FlowKey, proto), 1),
@@ -634,6 +644,8 @@ mod tests {
         assert_eq!(consts["DROP_MAX"], u64::from(DROP_MAX));
         assert_eq!(consts["MAX_ENDPOINTS"], u64::from(MAX_ENDPOINTS));
         assert_eq!(consts["MAX_REMOTE_CIDRS"], u64::from(MAX_REMOTE_CIDRS));
+        assert_eq!(consts["MAX_REMOTE_SLOTS"], u64::from(MAX_REMOTE_SLOTS));
+        assert_eq!(consts["CFG_REMOTE_TRIE"], u64::from(CFG_REMOTE_TRIE));
         assert_eq!(consts["DIR_MAX"], u64::from(DIR_INGRESS) + 1);
         assert_eq!(consts["EVENT_DROP"], u64::from(EVENT_DROP));
         assert_eq!(consts["FLOW_F_SIDE1_FIRST"], u64::from(FLOW_F_SIDE1_FIRST));

@@ -24,9 +24,9 @@ use aya::{Ebpf, EbpfLoader};
 use lumen_api::Ipv4Cidr;
 
 use abi::{
-    CFG_LIVE_TRACE, CFG_NO_FLOWS, CFG_POLICY, DpConfig, EndpointValue, EpPolicy, FlowKey,
-    FlowValue, LiveTrace, LpmV4Key, MAX_ENDPOINTS, PeerKey, PolicyRule, RemoteNode, TraceKey,
-    Traffic, be_addr, names,
+    CFG_LIVE_TRACE, CFG_NO_FLOWS, CFG_POLICY, CFG_REMOTE_TRIE, DpConfig, EndpointValue,
+    EpPolicy, FlowKey, FlowValue, LiveTrace, LpmV4Key, MAX_ENDPOINTS, MAX_REMOTE_SLOTS, PeerKey,
+    PolicyRule, RemoteNode, TraceKey, Traffic, be_addr, names,
 };
 pub use decide::DatapathDecision;
 use lumen_api::policy::RuleId;
@@ -201,13 +201,14 @@ pub struct Datapath {
     ebpf: Ebpf,
     endpoints: Array<MapData, EndpointValue>,
     remote: LpmTrie<MapData, u32, RemoteNode>,
+    remote_slots: Array<MapData, RemoteNode>,
     config: aya::maps::Array<MapData, DpConfig>,
     counters: PerCpuArray<MapData, u64>,
     flows: Option<FlowMaps>,
     traces: Option<TraceMaps>,
     links: StdHashMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
-    /// Remote pod CIDRs in the LPM map (for its fill metric).
-    remotes: std::collections::BTreeSet<Ipv4Cidr>,
+    /// Every remote pod CIDR and its node, in a slot or in the LPM map.
+    remotes: std::collections::BTreeMap<Ipv4Cidr, Ipv4Addr>,
     max_flows: u32,
     ep_policy: HashMap<MapData, u32, EpPolicy>,
     policy_rules: aya::maps::Array<MapData, PolicyRule>,
@@ -220,6 +221,8 @@ pub struct Datapath {
     config_value: DpConfig,
     /// The node's pod CIDR, once configured: the endpoint map's address range.
     pod_cidr: Option<Ipv4Cidr>,
+    /// The cluster CIDR, which holds every node's pod CIDR.
+    cluster: Option<Ipv4Cidr>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -241,6 +244,18 @@ where
         },
     })?;
     T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+/// `dp_config.slot_shift` for a cluster whose node CIDRs are `pod_cidr`'s
+/// size: 0 (no slots) when the cluster holds more of them than there are slots.
+fn slot_shift(cluster: Ipv4Cidr, pod_cidr: Ipv4Cidr) -> u32 {
+    let levels = pod_cidr.prefix().checked_sub(cluster.prefix());
+    match levels {
+        Some(levels) if pod_cidr.prefix() < 32 && (1u64 << levels) <= u64::from(MAX_REMOTE_SLOTS) => {
+            32 - u32::from(pod_cidr.prefix())
+        }
+        _ => 0,
+    }
 }
 
 impl Datapath {
@@ -276,6 +291,7 @@ impl Datapath {
         Ok(Self {
             endpoints: take_map(&mut ebpf, names::ENDPOINTS)?,
             remote: take_map(&mut ebpf, names::REMOTE_CIDRS)?,
+            remote_slots: take_map(&mut ebpf, names::REMOTE_SLOTS)?,
             config: take_map(&mut ebpf, names::CONFIG)?,
             counters: take_map(&mut ebpf, names::COUNTERS)?,
             ep_policy: take_map(&mut ebpf, names::EP_POLICY)?,
@@ -285,6 +301,7 @@ impl Datapath {
             policy_writes: 0,
             config_value: DpConfig::default(),
             pod_cidr: None,
+            cluster: None,
             flows: Some(FlowMaps {
                 table: take_map(&mut ebpf, names::FLOWS)?,
                 events: take_map(&mut ebpf, names::FLOW_EVENTS)?,
@@ -297,7 +314,7 @@ impl Datapath {
             }),
             ebpf,
             links: StdHashMap::new(),
-            remotes: std::collections::BTreeSet::new(),
+            remotes: std::collections::BTreeMap::new(),
             max_flows: options.max_flows,
         })
     }
@@ -314,16 +331,7 @@ impl Datapath {
 
     /// Whether `from_pod` looks for armed live traces (only while one is).
     pub fn set_live_tracing(&mut self, on: bool) -> Result<(), DatapathError> {
-        let mut config = self.config_value;
-        config.flags = if on {
-            config.flags | CFG_LIVE_TRACE
-        } else {
-            config.flags & !CFG_LIVE_TRACE
-        };
-        if config == self.config_value {
-            return Ok(());
-        }
-        self.write_config(config)
+        self.set_flag(CFG_LIVE_TRACE, on)
     }
 
     /// Node-wide settings the programs read. Every endpoint's address is in
@@ -353,9 +361,19 @@ impl Datapath {
             uplink_mtu: self.config_value.uplink_mtu,
             pod_addr: be_addr(pod_cidr.addr()),
             pod_mask: pod_cidr.mask().to_be(),
+            slot_shift: slot_shift(cluster, pod_cidr),
         };
+        // Where a remote CIDR goes depends on the CIDRs: place them anew.
+        let remotes = std::mem::take(&mut self.remotes);
+        for cidr in remotes.keys() {
+            self.remove_remote(*cidr);
+        }
         self.write_config(value)?;
         self.pod_cidr = Some(pod_cidr);
+        self.cluster = Some(cluster);
+        for (cidr, node_ip) in remotes {
+            self.set_remote(cidr, node_ip)?;
+        }
         Ok(())
     }
 
@@ -557,34 +575,76 @@ impl Datapath {
             .collect()
     }
 
-    /// Route a remote pod CIDR to the node that owns it.
+    /// Route a remote pod CIDR to the node that owns it: in its slot of
+    /// `remote_slots` if it has one, else in the LPM map.
     pub fn set_remote(&mut self, cidr: Ipv4Cidr, node_ip: Ipv4Addr) -> Result<(), DatapathError> {
-        let key = LpmV4Key::new(u32::from(cidr.prefix()), be_addr(cidr.addr()));
-        self.remotes.insert(cidr);
-        self.remote
-            .insert(
-                &key,
-                RemoteNode {
-                    node_ip: be_addr(node_ip),
-                    flags: 0,
-                },
-                0,
-            )
-            .map_err(|source| DatapathError::Update {
-                name: names::REMOTE_CIDRS,
-                source,
-            })
+        let value = RemoteNode {
+            node_ip: be_addr(node_ip),
+            flags: 0,
+        };
+        if let Some(slot) = self.remote_slot(cidr) {
+            self.remote_slots
+                .set(slot, value, 0)
+                .map_err(|source| DatapathError::Update {
+                    name: names::REMOTE_SLOTS,
+                    source,
+                })?;
+        } else {
+            let key = LpmV4Key::new(u32::from(cidr.prefix()), be_addr(cidr.addr()));
+            self.remote
+                .insert(&key, value, 0)
+                .map_err(|source| DatapathError::Update {
+                    name: names::REMOTE_CIDRS,
+                    source,
+                })?;
+            self.set_flag(CFG_REMOTE_TRIE, true)?;
+        }
+        self.remotes.insert(cidr, node_ip);
+        Ok(())
     }
 
     pub fn remove_remote(&mut self, cidr: Ipv4Cidr) {
         self.remotes.remove(&cidr);
+        if let Some(slot) = self.remote_slot(cidr) {
+            if let Err(error) = self.remote_slots.set(slot, RemoteNode::default(), 0) {
+                tracing::warn!(%cidr, %error, "clearing the remote cidr's slot failed");
+            }
+            return;
+        }
         let key = LpmV4Key::new(u32::from(cidr.prefix()), be_addr(cidr.addr()));
         if let Err(error) = self.remote.remove(&key) {
             tracing::debug!(%cidr, %error, "remote cidr was not in the map");
         }
+        let in_trie = self.remotes.keys().any(|c| self.remote_slot(*c).is_none());
+        if let Err(error) = self.set_flag(CFG_REMOTE_TRIE, in_trie) {
+            tracing::warn!(%error, "updating the datapath's config failed");
+        }
     }
 
-    /// Remote pod CIDRs in the LPM map now.
+    /// `cidr`'s index in `remote_slots`: a CIDR of the node's own size in the
+    /// cluster CIDR has one while the slots cover the cluster.
+    fn remote_slot(&self, cidr: Ipv4Cidr) -> Option<u32> {
+        let shift = self.config_value.slot_shift;
+        if shift == 0 || Some(cidr.prefix()) != self.pod_cidr.map(|c| c.prefix()) {
+            return None;
+        }
+        Some(self.cluster?.offset_of(cidr.addr())? >> shift)
+    }
+
+    fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), DatapathError> {
+        let mut config = self.config_value;
+        config.flags = if on {
+            config.flags | flag
+        } else {
+            config.flags & !flag
+        };
+        if config == self.config_value {
+            return Ok(());
+        }
+        self.write_config(config)
+    }
+
+    /// Remote pod CIDRs routed now.
     pub fn remote_count(&self) -> usize {
         self.remotes.len()
     }

@@ -31,10 +31,12 @@ const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const UPLINK: &str = "lbb-up";
 const VXLAN_PORT: u16 = 4789;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub runs: usize,
     pub repeat: u32,
+    /// Only the cases whose name contains this.
+    pub only: Option<String>,
 }
 
 /// One path through one program.
@@ -100,7 +102,13 @@ pub fn run(options: Options) -> Result<()> {
         dp.add_endpoint(host, Iface::Existing, ip, value)?;
     }
 
-    let cases = cases(pod_a, pod_b);
+    let mut cases = cases(pod_a, pod_b);
+    if let Some(only) = &options.only {
+        cases.retain(|case| case.name.contains(only.as_str()));
+        if cases.is_empty() {
+            bail!("no path's name contains {only:?}");
+        }
+    }
     println!(
         "bpf: per-packet cost with BPF_PROG_TEST_RUN, median of {} runs, {} iterations each, \
          kernel.bpf_stats_enabled=0{}",

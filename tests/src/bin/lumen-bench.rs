@@ -78,6 +78,9 @@ enum Bench {
         /// Iterations per measurement.
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
+        /// Only the paths whose name contains this text (e.g. "decap").
+        #[arg(long)]
+        only: Option<String>,
     },
     /// IPFIX records encoded and sent per CPU-second to a UDP sink on loopback:
     /// Lumen's encoder and exporter vs ipfixrw's writer.
@@ -184,7 +187,11 @@ fn run(args: Args) -> Result<()> {
             flows,
             scrapes,
         }),
-        Bench::Bpf { runs, repeat } => bpf::run(bpf::Options { runs, repeat }),
+        Bench::Bpf {
+            runs,
+            repeat,
+            only,
+        } => bpf::run(bpf::Options { runs, repeat, only }),
         Bench::Export { records, runs } => export::run(export::Options { records, runs }),
         Bench::Trace {
             traces,
