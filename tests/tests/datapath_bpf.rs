@@ -230,6 +230,78 @@ fn from_pod_encapsulates_for_remote_pods() {
     assert_eq!(counters["tunnelled_via_device"], 1, "{counters:?}");
 }
 
+/// Where `from_pod` sends a packet for `dst`: the outer destination it
+/// encapsulated for, or None when it was not tunnelled.
+fn tunnel_to(dp: &mut Datapath, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+    let (verdict, out) = run(dp, names::FROM_POD, &syn(POD_A, dst));
+    let outer: [u8; 4] = out.get(30..34)?.try_into().ok()?;
+    (verdict == TC_ACT_REDIRECT && out.len() == 54 + 50).then(|| Ipv4Addr::from(outer))
+}
+
+#[test]
+fn remote_pod_cidrs_of_any_size_are_routed() {
+    if !harness::require_root("remote_pod_cidrs_of_any_size_are_routed") {
+        return;
+    }
+    let (ns, mut dp) = two_pods("lumen-test-remotes");
+    ns.uplink("up0", "up0p", "192.0.2.11/24").expect("uplink");
+    dp.attach_underlay("up0", 4789).expect("uplink hooks");
+    let node = |last| Ipv4Addr::new(192, 0, 2, last);
+    let cidr = |s: &str| s.parse::<Ipv4Cidr>().expect("cidr");
+    // Node CIDRs of the node's own size take an array slot; a smaller one, a
+    // bigger one, and one outside the cluster CIDR go to the trie; all route.
+    dp.set_remote(cidr("10.244.255.0/24"), node(13))
+        .expect("remote");
+    dp.set_remote(cidr("10.244.3.128/25"), node(14))
+        .expect("remote");
+    dp.set_remote(cidr("10.244.4.0/23"), node(15))
+        .expect("remote");
+    dp.set_remote(cidr("10.96.0.0/24"), node(16))
+        .expect("remote");
+    let routes = [
+        (Ipv4Addr::new(10, 244, 2, 7), Some(node(12))),
+        (Ipv4Addr::new(10, 244, 255, 254), Some(node(13))),
+        (Ipv4Addr::new(10, 244, 3, 130), Some(node(14))),
+        (Ipv4Addr::new(10, 244, 3, 7), None),
+        (Ipv4Addr::new(10, 244, 5, 9), Some(node(15))),
+        (Ipv4Addr::new(10, 96, 0, 1), Some(node(16))),
+        (Ipv4Addr::new(10, 97, 0, 1), None),
+    ];
+    for (dst, want) in routes {
+        assert_eq!(tunnel_to(&mut dp, dst), want, "to {dst}");
+    }
+    assert_eq!(dp.remote_count(), 5);
+
+    // Removed, from the slot and from the trie alike.
+    dp.remove_remote(cidr("10.244.255.0/24"));
+    dp.remove_remote(cidr("10.244.3.128/25"));
+    assert_eq!(tunnel_to(&mut dp, Ipv4Addr::new(10, 244, 255, 254)), None);
+    assert_eq!(tunnel_to(&mut dp, Ipv4Addr::new(10, 244, 3, 130)), None);
+    assert_eq!(
+        tunnel_to(&mut dp, Ipv4Addr::new(10, 244, 5, 9)),
+        Some(node(15))
+    );
+
+    // Configured again with other CIDRs, the routes stay: each is placed
+    // anew (a /8 cluster of /24 nodes has more of them than slots).
+    dp.configure(
+        ns.ifindex("vx").expect("ifindex"),
+        node(11),
+        cidr("10.0.0.0/8"),
+        cidr("10.244.1.0/24"),
+        FlowSettings::default(),
+    )
+    .expect("configure");
+    for (dst, want) in [
+        (Ipv4Addr::new(10, 244, 2, 7), Some(node(12))),
+        (Ipv4Addr::new(10, 244, 5, 9), Some(node(15))),
+        (Ipv4Addr::new(10, 96, 0, 1), Some(node(16))),
+        (Ipv4Addr::new(10, 244, 3, 130), None),
+    ] {
+        assert_eq!(tunnel_to(&mut dp, dst), want, "to {dst} after configure");
+    }
+}
+
 #[test]
 fn from_underlay_decapsulates_for_local_pods_only() {
     if !harness::require_root("from_underlay_decapsulates_for_local_pods_only") {

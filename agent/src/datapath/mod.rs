@@ -24,9 +24,9 @@ use aya::{Ebpf, EbpfLoader};
 use lumen_api::Ipv4Cidr;
 
 use abi::{
-    CFG_LIVE_TRACE, CFG_NO_FLOWS, CFG_POLICY, CFG_REMOTE_TRIE, DpConfig, EndpointValue,
-    EpPolicy, FlowKey, FlowValue, LiveTrace, LpmV4Key, MAX_ENDPOINTS, MAX_REMOTE_SLOTS, PeerKey,
-    PolicyRule, RemoteNode, TraceKey, Traffic, be_addr, names,
+    CFG_LIVE_TRACE, CFG_NO_FLOWS, CFG_POLICY, CFG_REMOTE_TRIE, DpConfig, EndpointValue, EpPolicy,
+    FlowKey, FlowValue, LiveTrace, LpmV4Key, MAX_ENDPOINTS, MAX_REMOTE_SLOTS, PeerKey, PolicyRule,
+    RemoteNode, TraceKey, Traffic, be_addr, names,
 };
 pub use decide::DatapathDecision;
 use lumen_api::policy::RuleId;
@@ -251,7 +251,9 @@ where
 fn slot_shift(cluster: Ipv4Cidr, pod_cidr: Ipv4Cidr) -> u32 {
     let levels = pod_cidr.prefix().checked_sub(cluster.prefix());
     match levels {
-        Some(levels) if pod_cidr.prefix() < 32 && (1u64 << levels) <= u64::from(MAX_REMOTE_SLOTS) => {
+        Some(levels)
+            if pod_cidr.prefix() < 32 && (1u64 << levels) <= u64::from(MAX_REMOTE_SLOTS) =>
+        {
             32 - u32::from(pod_cidr.prefix())
         }
         _ => 0,

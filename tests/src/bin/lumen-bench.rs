@@ -187,11 +187,7 @@ fn run(args: Args) -> Result<()> {
             flows,
             scrapes,
         }),
-        Bench::Bpf {
-            runs,
-            repeat,
-            only,
-        } => bpf::run(bpf::Options { runs, repeat, only }),
+        Bench::Bpf { runs, repeat, only } => bpf::run(bpf::Options { runs, repeat, only }),
         Bench::Export { records, runs } => export::run(export::Options { records, runs }),
         Bench::Trace {
             traces,
