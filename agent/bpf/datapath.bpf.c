@@ -304,8 +304,7 @@ int from_underlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	tag = bpf_ntohl(vx->vni) >> 8;
 	remote = ip->saddr;
-	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_FIXED_GSO))
+	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, VXLAN_DECAP_FLAGS))
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &p))
 		return TC_ACT_SHOT;
@@ -390,9 +389,27 @@ int to_underlay(struct __sk_buff *skb)
 	return trace_end(&t, TC_ACT_OK);
 }
 
+/* The benchmark's references (lumen-bench bpf): nothing at all, and the
+ * kernel's own cost of the resizing helper call the overlay paths make. */
 SEC("classifier")
 int noop(struct __sk_buff *skb)
 {
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int grow_only(struct __sk_buff *skb)
+{
+	if (bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, VXLAN_ENCAP_FLAGS))
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int shrink_only(struct __sk_buff *skb)
+{
+	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, VXLAN_DECAP_FLAGS))
+		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }
 

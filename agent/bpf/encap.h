@@ -32,6 +32,14 @@ struct vxlan_hdr {
 #define VXLAN_OVERHEAD (sizeof(struct iphdr) + sizeof(struct udphdr) + \
 			sizeof(struct vxlan_hdr) + sizeof(struct ethhdr))
 
+/* bpf_skb_adjust_room's flags for encapsulating (the kernel then segments a GSO
+ * packet as a UDP tunnel packet and offloads the inner checksum) and for
+ * decapsulating (a GSO packet keeps its inner segment size). */
+#define VXLAN_ENCAP_FLAGS (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | \
+			   BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH | \
+			   BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr)))
+#define VXLAN_DECAP_FLAGS BPF_F_ADJ_ROOM_FIXED_GSO
+
 #define IP_DF 0x4000
 #define ECN_MASK 3
 #define ECN_ECT_0 2
@@ -139,9 +147,6 @@ static __always_inline enum encap_result vxlan_encap(struct __sk_buff *skb, stru
 						     struct dp_config *cfg,
 						     struct remote_node *rn, __u32 tag)
 {
-	const __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
-			    BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
-			    BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr));
 	struct vxlan_encap h = {};
 	struct vxlan_encap *out;
 	void *data, *data_end;
@@ -151,7 +156,7 @@ static __always_inline enum encap_result vxlan_encap(struct __sk_buff *skb, stru
 	h.udp.source = bpf_htons(vxlan_sport(skb, p));
 	__builtin_memcpy(&h.inner, p->eth, sizeof(h.inner));
 	h.ip.tos = outer_ecn(p->ip->tos);
-	if (bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags))
+	if (bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, VXLAN_ENCAP_FLAGS))
 		return ENCAP_UNCHANGED;
 	h.eth.h_proto = bpf_htons(ETH_P_IP);
 	/* A GSO packet's lengths and checksum are redone for each segment. */

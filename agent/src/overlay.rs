@@ -1,9 +1,10 @@
-//! The overlay toward other nodes: for every remote node with a pod CIDR, an LPM
-//! entry for BPF forwarding and a route through the VXLAN device (so host-stack
-//! traffic, e.g. after kube-proxy DNAT, reaches `to_overlay` and gets a key too).
-//! Each remote node's own address gets an LPM entry but no route: pod replies to a
-//! node go back through the tunnel they came from (never masqueraded), while the
-//! host stack keeps reaching the node over the underlay.
+//! The overlay toward other nodes: for every remote node with a pod CIDR, a
+//! datapath entry for BPF forwarding (`Datapath::set_remote`) and a route through
+//! the VXLAN device (so host-stack traffic, e.g. after kube-proxy DNAT, reaches
+//! `to_overlay` and gets a key too). Each remote node's own address gets a
+//! datapath entry but no route: pod replies to a node go back through the tunnel
+//! they came from (never masqueraded), while the host stack keeps reaching the
+//! node over the underlay.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -403,6 +403,8 @@ pub mod names {
     pub const TO_UNDERLAY: &str = "to_underlay";
     pub const FROM_UNDERLAY: &str = "from_underlay";
     pub const NOOP: &str = "noop";
+    pub const GROW_ONLY: &str = "grow_only";
+    pub const SHRINK_ONLY: &str = "shrink_only";
     pub const TRACE_EVENTS: &str = "trace_events";
     pub const TRACE_PACKETS: &str = "trace_packets";
     pub const TRACE_LIVE: &str = "trace_live";

@@ -281,6 +281,8 @@ impl Datapath {
             names::TO_UNDERLAY,
             names::FROM_UNDERLAY,
             names::NOOP,
+            names::GROW_ONLY,
+            names::SHRINK_ONLY,
         ] {
             program(&mut ebpf, name)?
                 .load()
@@ -334,6 +336,11 @@ impl Datapath {
     /// Whether `from_pod` looks for armed live traces (only while one is).
     pub fn set_live_tracing(&mut self, on: bool) -> Result<(), DatapathError> {
         self.set_flag(CFG_LIVE_TRACE, on)
+    }
+
+    /// Track flows or not (off only to measure what tracking costs).
+    pub fn set_flow_tracking(&mut self, on: bool) -> Result<(), DatapathError> {
+        self.set_flag(CFG_NO_FLOWS, !on)
     }
 
     /// Node-wide settings the programs read. Every endpoint's address is in
