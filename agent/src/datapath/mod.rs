@@ -372,18 +372,21 @@ impl Datapath {
             pod_mask: pod_cidr.mask().to_be(),
             slot_shift: slot_shift(cluster, pod_cidr),
         };
-        // Where a remote CIDR goes depends on the CIDRs: place them anew.
+        // Where a remote CIDR goes depends on the CIDRs: place them anew (as
+        // they were if the new settings cannot be written).
         let remotes = std::mem::take(&mut self.remotes);
         for cidr in remotes.keys() {
             self.remove_remote(*cidr);
         }
-        self.write_config(value)?;
-        self.pod_cidr = Some(pod_cidr);
-        self.cluster = Some(cluster);
+        let written = self.write_config(value);
+        if written.is_ok() {
+            self.pod_cidr = Some(pod_cidr);
+            self.cluster = Some(cluster);
+        }
         for (cidr, node_ip) in remotes {
             self.set_remote(cidr, node_ip)?;
         }
-        Ok(())
+        written
     }
 
     fn write_config(&mut self, value: DpConfig) -> Result<(), DatapathError> {
