@@ -5,7 +5,6 @@
 pub mod cluster;
 pub mod datapath;
 pub mod flows;
-pub mod iface;
 pub mod ipam;
 pub mod masquerade;
 pub mod metrics;

@@ -12,7 +12,7 @@ use lumen_api::cni::AttachmentKey;
 use lumen_api::{Endpoint, Ipv4Cidr};
 
 use crate::cluster::ClusterState;
-use crate::datapath::{Datapath, DatapathError, FlowSettings, LoadOptions};
+use crate::datapath::{Datapath, DatapathError, FlowSettings, LoadOptions, Uplink};
 use crate::flows::FlowConfig;
 use crate::ipam::{Ipam, IpamError};
 use crate::masquerade::{self, MasqueradeError};
@@ -143,7 +143,12 @@ impl Node {
             config.flow_settings,
         )?;
         datapath.attach_overlay(VXLAN_IFACE)?;
-        datapath.attach_underlay(&config.underlay_iface, config.vxlan_port)?;
+        let uplink = Uplink {
+            name: &config.underlay_iface,
+            index: underlay.index,
+            mtu: underlay.mtu,
+        };
+        datapath.attach_underlay(uplink, config.vxlan_port)?;
         // A cluster address no pod or node CIDR route claims has no pod: refuse
         // it here rather than send it out by the default route.
         netlink.route_unreachable(config.cluster_cidr).await?;

@@ -234,12 +234,21 @@ impl Drop for Daemon {
 
 /// Poll `done` every 50 ms until it holds; panics with `what` after `timeout`.
 #[track_caller]
-pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    assert!(poll_until(timeout, done), "timed out waiting for {what}");
+}
+
+/// Whether `done` comes to hold within `timeout`, asked every 50 ms; for a
+/// caller that asserts on the state itself, so a failure shows it.
+pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 /// A loopback port that was free a moment ago, for peers that cannot bind port 0

@@ -190,8 +190,8 @@ fn from_pod_encapsulates_for_remote_pods() {
     let other_node = Ipv4Addr::new(192, 0, 2, 12);
     let remote_pod = Ipv4Addr::new(10, 244, 2, 7);
     // The node's uplink with its address; forwarding on, as the agent sets.
-    ns.uplink("up0", "up0p", "192.0.2.11/24").expect("uplink");
-    dp.attach_underlay("up0", 4789).expect("uplink hooks");
+    let uplink = ns.uplink("up0", "up0p", "192.0.2.11/24").expect("uplink");
+    dp.attach_underlay(uplink, 4789).expect("uplink hooks");
 
     // No neighbour entry for the other node is needed: the redirect resolves it.
     let inner = syn(POD_A, remote_pod);
@@ -244,8 +244,8 @@ fn remote_pod_cidrs_of_any_size_are_routed() {
         return;
     }
     let (ns, mut dp) = two_pods("lumen-test-remotes");
-    ns.uplink("up0", "up0p", "192.0.2.11/24").expect("uplink");
-    dp.attach_underlay("up0", 4789).expect("uplink hooks");
+    let uplink = ns.uplink("up0", "up0p", "192.0.2.11/24").expect("uplink");
+    dp.attach_underlay(uplink, 4789).expect("uplink hooks");
     let node = |last| Ipv4Addr::new(192, 0, 2, last);
     let cidr = |s: &str| s.parse::<Ipv4Cidr>().expect("cidr");
     // Node CIDRs of the node's own size take an array slot; a smaller one, a
@@ -307,8 +307,9 @@ fn from_underlay_decapsulates_for_local_pods_only() {
     if !harness::require_root("from_underlay_decapsulates_for_local_pods_only") {
         return;
     }
-    let (_ns, mut dp) = two_pods("lumen-test-underlay");
-    dp.attach_underlay("vxp", 4789).expect("uplink hooks");
+    let (ns, mut dp) = two_pods("lumen-test-underlay");
+    let uplink = ns.link("vxp").expect("vxp");
+    dp.attach_underlay(uplink, 4789).expect("uplink hooks");
     let node = Ipv4Addr::new(192, 0, 2, 11);
     let other_node = Ipv4Addr::new(192, 0, 2, 12);
     let remote_pod = Ipv4Addr::new(10, 244, 2, 7);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use lumen_api::cni::IpamState;
 use lumen_lab::Lab;
 use lumen_tests::harness;
+use lumen_tests::peers::poll_until;
 use serde_json::Value;
 use support::{NODE, NodeView, PodNetns, Runtime};
 
@@ -427,10 +428,9 @@ impl Churn<'_> {
             "host veth names collide {when}"
         );
         // A DEL's veth goes with the agent's next batch, just after it answers.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while support::host_veths(self.lab) != hosts && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(Duration::from_secs(5), || {
+            support::host_veths(self.lab) == hosts
+        });
         assert_eq!(support::host_veths(self.lab), hosts, "host veths {when}");
         let endpoints: BTreeMap<Ipv4Addr, String> = support::endpoints(self.lab)
             .into_iter()

@@ -53,8 +53,6 @@ pub enum DatapathError {
     PodCidrTooLarge { cidr: Ipv4Cidr },
     #[error("endpoint {ip} is outside the node's pod CIDR")]
     OutsidePodCidr { ip: Ipv4Addr },
-    #[error("no interface {iface}")]
-    NoInterface { iface: String },
     #[error("BPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
     #[error("BPF program {name} could not be loaded or attached to {iface}")]
@@ -194,6 +192,16 @@ impl std::fmt::Debug for TraceMaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TraceMaps").finish_non_exhaustive()
     }
+}
+
+/// The node's uplink as the datapath sends to it: by name (for its hooks),
+/// index (for the redirect) and MTU (what fits once encapsulated), as the
+/// caller read them from the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Uplink<'a> {
+    pub name: &'a str,
+    pub index: u32,
+    pub mtu: u32,
 }
 
 /// The loaded datapath and its typed map handles.
@@ -504,17 +512,16 @@ impl Datapath {
     /// packets leaving the node report the masquerade hop there, and VXLAN
     /// packets to `vxlan_port` for local pods are decapsulated there. From then
     /// on `from_pod` encapsulates for remote pods itself and sends to it.
-    pub fn attach_underlay(&mut self, iface: &str, vxlan_port: u16) -> Result<(), DatapathError> {
-        let missing = || DatapathError::NoInterface {
-            iface: iface.to_owned(),
-        };
-        let uplink_ifindex = crate::iface::index(iface).ok_or_else(missing)?;
-        let uplink_mtu = crate::iface::mtu(iface).ok_or_else(missing)?;
-        self.attach(iface, &UNDERLAY_HOOKS, Iface::Existing)?;
+    pub fn attach_underlay(
+        &mut self,
+        uplink: Uplink<'_>,
+        vxlan_port: u16,
+    ) -> Result<(), DatapathError> {
+        self.attach(uplink.name, &UNDERLAY_HOOKS, Iface::Existing)?;
         let config = DpConfig {
             vxlan_port: u32::from(vxlan_port),
-            uplink_ifindex,
-            uplink_mtu,
+            uplink_ifindex: uplink.index,
+            uplink_mtu: uplink.mtu,
             ..self.config_value
         };
         self.write_config(config)
@@ -637,7 +644,7 @@ impl Datapath {
     /// cluster CIDR has one while the slots cover the cluster.
     fn remote_slot(&self, cidr: Ipv4Cidr) -> Option<u32> {
         let shift = self.config_value.slot_shift;
-        if shift == 0 || Some(cidr.prefix()) != self.pod_cidr.map(|c| c.prefix()) {
+        if shift == 0 || u32::from(cidr.prefix()) + shift != 32 {
             return None;
         }
         Some(self.cluster?.offset_of(cidr.addr())? >> shift)

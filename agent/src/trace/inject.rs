@@ -4,6 +4,7 @@
 //! its own and kept: a socket stays in the namespace it was made in.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -105,7 +106,14 @@ fn open_in(netns: &Path, ifname: &str) -> Result<PodSocket, InjectError> {
             path: path.clone(),
             source,
         })?;
-        let ifindex = crate::iface::index(&ifname).ok_or(InjectError::NoInterface { ifname })?;
+        let name = CString::new(ifname.clone()).map_err(|_| InjectError::NoInterface {
+            ifname: ifname.clone(),
+        })?;
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(InjectError::NoInterface { ifname });
+        }
         // SAFETY: plain socket(2); the fd is owned below.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {

@@ -62,14 +62,15 @@ struct Case {
     reference: bool,
 }
 
-/// One measurement of a program: mean ns per iteration, iterations, verdict.
+/// One measurement of a program: mean ns per iteration, iterations, and the
+/// highest verdict returned (TC_ACT_OK, 0, only if every call returned it).
 struct Measured {
     ns: f64,
     iterations: u32,
     verdict: u32,
 }
 
-/// The medians of one case over the runs.
+/// What one case measured in each run.
 #[derive(Debug, Clone, Default)]
 struct Samples {
     noop: Vec<f64>,
@@ -98,7 +99,7 @@ pub fn run(options: Options) -> Result<()> {
     // The uplink from_pod encapsulates for; its MTU is what sends a packet too
     // big for it to the VXLAN device.
     let uplink_addr = format!("{}/{}", node_ip(1), underlay_cidr().prefix());
-    ns.uplink(UPLINK, "lbb-upp", &uplink_addr)?;
+    let uplink = ns.uplink(UPLINK, "lbb-upp", &uplink_addr)?;
     // Before any thread exists: threads started later inherit the namespace.
     enter_netns::enter(&ns.path())?;
     let stats = StatsOff::ensure()?;
@@ -115,7 +116,7 @@ pub fn run(options: Options) -> Result<()> {
     // own address (the trie), so every path pays the lookups it would.
     dp.set_remote(pod_cidr(2), node_ip(2))?;
     dp.set_remote(Ipv4Cidr::host(node_ip(2)), node_ip(2))?;
-    dp.attach_underlay(UPLINK, VXLAN_PORT)?;
+    dp.attach_underlay(uplink, VXLAN_PORT)?;
     for (host, ip, ifindex) in endpoints {
         let identity = Identity::for_pod(cluster_cidr(), ip).context("pod outside the cluster")?;
         let value = EndpointValue {
@@ -292,7 +293,7 @@ fn cases(pod_a: Ipv4Addr, pod_b: Ipv4Addr) -> Vec<Case> {
 const CALLS_PER_REPEAT: u32 = 50;
 
 /// Mean nanoseconds per iteration of `program` on `case`'s packet, as the kernel
-/// reports it, the number of iterations run, and the last verdict.
+/// reports it.
 fn measure(dp: &mut Datapath, program: &'static str, case: &Case, repeat: u32) -> Result<Measured> {
     let program = dp.program(program)?;
     if !case.resizes {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Result;
+use lumen_agent::datapath::Uplink;
 use lumen_lab::{config, topology};
 
 /// A named network namespace that lives as long as this value.
@@ -96,15 +97,29 @@ impl Netns {
             .ok_or_else(|| anyhow::anyhow!("no {field} for {ifname} in {}: {out}", self.name))
     }
 
+    /// Interface `ifname` as the datapath's uplink: its index and MTU.
+    pub fn link<'a>(&self, ifname: &'a str) -> Result<Uplink<'a>> {
+        let mtu = self.link_field(ifname, "mtu")?;
+        Ok(Uplink {
+            name: ifname,
+            index: self.ifindex(ifname)?,
+            mtu: mtu
+                .as_u64()
+                .and_then(|m| u32::try_from(m).ok())
+                .ok_or_else(|| anyhow::anyhow!("mtu of {ifname} in {} is no MTU", self.name))?,
+        })
+    }
+
     /// A node's uplink as the datapath's encapsulation needs it: veth `name`
     /// (peer `peer`, both up) with `addr` (CIDR notation), and IPv4 forwarding
     /// on as the agent sets it.
-    pub fn uplink(&self, name: &str, peer: &str, addr: &str) -> Result<()> {
+    pub fn uplink<'a>(&self, name: &'a str, peer: &str, addr: &str) -> Result<Uplink<'a>> {
         self.veth(name, peer, None, None)?;
         self.ip(&["addr", "add", addr, "dev", name])?;
         self.ip(&["link", "set", name, "up"])?;
         self.ip(&["link", "set", peer, "up"])?;
-        self.sysctl("net.ipv4.ip_forward=1")
+        self.sysctl("net.ipv4.ip_forward=1")?;
+        self.link(name)
     }
 }
 
