@@ -3,7 +3,9 @@
 //! same way in the same run, so the figure is the program's own work rather than
 //! the test harness's. Each path is measured with flow tracking on (the figure
 //! judged) and off, and the resizing helper the overlay paths call is measured
-//! alone, so the output shows what is Lumen's and what is the kernel's. The
+//! alone, so the output shows what is Lumen's and what is the kernel's. The paths
+//! that resize the packet can only be timed one run per call; one path that does
+//! not is timed both ways, so the output also shows what that timing adds. The
 //! datapath is loaded and its endpoints attached inside a namespace of the
 //! benchmark's own.
 
@@ -53,13 +55,37 @@ struct Case {
     /// per iteration. None for the early exit, which counts nothing and, not being a
     /// real path, is not judged against the target.
     counter: Option<&'static str>,
-    /// The program changes the packet's length (encapsulation, decapsulation), so
-    /// a repeated run would see its own output: measured one run per call, and
-    /// `noop` alike, so the timer's own cost cancels out.
-    resizes: bool,
-    /// A kernel helper alone, for reference: must return TC_ACT_OK, is measured
-    /// once (flow tracking does not apply) and not judged.
-    reference: bool,
+    /// How the case is timed.
+    timing: Timing,
+    /// What the case's figure is for.
+    role: Role,
+}
+
+/// How a case is timed with BPF_PROG_TEST_RUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// `repeat` iterations in one call: the kernel runs the program again and
+    /// again on the same packet, warm.
+    Repeated,
+    /// One run per call, and `noop` alike, so the timer's own cost cancels out:
+    /// the program changes the packet's length (encapsulation, decapsulation),
+    /// and a repeated run would see its own output. Each run starts after a
+    /// system call and a fresh packet, so it runs colder.
+    OnePerCall,
+}
+
+/// What a case's figure is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A datapath path, judged against the target when it has a counter.
+    Path,
+    /// A path measured again the way the resizing paths are timed
+    /// (`Timing::OnePerCall`), for comparison with its judged figure: how much of
+    /// a resizing path's cost is the timing's. Not judged.
+    TimingReference,
+    /// A kernel helper alone: must return TC_ACT_OK, is measured once (flow
+    /// tracking does not apply) and not judged.
+    Helper,
 }
 
 /// One measurement of a program: mean ns per iteration, iterations, and the
@@ -152,7 +178,7 @@ pub fn run(options: Options) -> Result<()> {
             samples
                 .program
                 .push(measure_path(&mut dp, case, options.repeat)?);
-            if !case.reference {
+            if case.role != Role::Helper {
                 dp.set_flow_tracking(false)?;
                 let no_flows = measure_path(&mut dp, case, options.repeat);
                 dp.set_flow_tracking(true)?;
@@ -179,7 +205,7 @@ fn measure_path(dp: &mut Datapath, case: &Case, repeat: u32) -> Result<f64> {
             measured.iterations,
         );
     }
-    if case.reference && measured.verdict != TC_ACT_OK {
+    if case.role == Role::Helper && measured.verdict != TC_ACT_OK {
         bail!(
             "{}: returned {} (the helper failed)",
             case.name,
@@ -201,8 +227,8 @@ fn cases(pod_a: Ipv4Addr, pod_b: Ipv4Addr) -> Vec<Case> {
         program,
         packet: tcp_syn(POD_MAC, HOST_MAC, src, dst, 40000, 80),
         counter,
-        resizes: false,
-        reference: false,
+        timing: Timing::Repeated,
+        role: Role::Path,
     };
     let decap_frame = vxlan_frame(
         node_ip(2),
@@ -219,7 +245,17 @@ fn cases(pod_a: Ipv4Addr, pod_b: Ipv4Addr) -> Vec<Case> {
             Some("local_redirect"),
         ),
         Case {
-            resizes: true,
+            timing: Timing::OnePerCall,
+            role: Role::TimingReference,
+            ..case(
+                "from_pod -> local pod, timed one run per call",
+                names::FROM_POD,
+                (pod_a, pod_b),
+                Some("local_redirect"),
+            )
+        },
+        Case {
+            timing: Timing::OnePerCall,
             ..case(
                 "from_pod -> remote pod (VXLAN in BPF, to uplink)",
                 names::FROM_POD,
@@ -267,36 +303,36 @@ fn cases(pod_a: Ipv4Addr, pod_b: Ipv4Addr) -> Vec<Case> {
             program: names::FROM_UNDERLAY,
             packet: decap_frame.clone(),
             counter: Some("overlay_delivered"),
-            resizes: true,
-            reference: false,
+            timing: Timing::OnePerCall,
+            role: Role::Path,
         },
         Case {
             name: "kernel alone: grow by VXLAN (encap's helper)",
             program: names::GROW_ONLY,
             packet: tcp_syn(POD_MAC, HOST_MAC, pod_a, remote, 40000, 80),
             counter: None,
-            resizes: true,
-            reference: true,
+            timing: Timing::OnePerCall,
+            role: Role::Helper,
         },
         Case {
             name: "kernel alone: shrink by VXLAN (decap's helper)",
             program: names::SHRINK_ONLY,
             packet: decap_frame,
             counter: None,
-            resizes: true,
-            reference: true,
+            timing: Timing::OnePerCall,
+            role: Role::Helper,
         },
     ]
 }
 
-/// Calls made for a case that `resizes`, per `repeat` iterations of the others.
+/// Calls made for a case timed one run per call, per `repeat` iterations of the others.
 const CALLS_PER_REPEAT: u32 = 50;
 
 /// Mean nanoseconds per iteration of `program` on `case`'s packet, as the kernel
 /// reports it.
 fn measure(dp: &mut Datapath, program: &'static str, case: &Case, repeat: u32) -> Result<Measured> {
     let program = dp.program(program)?;
-    if !case.resizes {
+    if case.timing == Timing::Repeated {
         let result = program.test_run(TestRunOptions {
             data_in: Some(&case.packet),
             repeat,
@@ -348,7 +384,7 @@ fn print_report(cases: &[Case], samples: &[Samples]) {
     for (case, samples) in cases.iter().zip(samples) {
         let (program, noop) = (median(&samples.program), median(&samples.noop));
         let cost = net(&samples.program, &samples.noop);
-        let no_flows = if case.reference {
+        let no_flows = if case.role == Role::Helper {
             "-".to_owned()
         } else {
             format!("{:.1}", net(&samples.no_flows, &samples.noop))
@@ -358,7 +394,7 @@ fn print_report(cases: &[Case], samples: &[Samples]) {
             case.name,
             ratio(program, noop)
         );
-        if case.counter.is_some() {
+        if case.role == Role::Path && case.counter.is_some() {
             verdicts.push(Verdict::new(
                 format!("{} <= {TARGET_NS:.0} ns", case.name),
                 cost <= TARGET_NS,
@@ -369,7 +405,10 @@ fn print_report(cases: &[Case], samples: &[Samples]) {
     println!(
         "net ns: above noop, flow tracking on (judged); no flows: the same path with flow \
          tracking off. \"kernel alone\" is bpf_skb_adjust_room by itself, as the overlay paths \
-         call it: the part of their cost that is the kernel's."
+         call it: the part of their cost that is the kernel's. \"timed one run per call\" is a \
+         repeated path timed as the resizing paths and the helper must be (each run after a \
+         system call, on a fresh packet): the difference from its repeated figure is what that \
+         timing adds, not judged."
     );
     println!(
         "note: from_overlay's delivery path needs tunnel metadata on the skb, which \
