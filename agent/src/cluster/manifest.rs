@@ -5,14 +5,17 @@
 //! by a slower poll of the files' metadata as well (for filesystems without
 //! inotify, and writers it does not see). Only files whose size, time or inode
 //! changed are parsed again, so a change costs one file's parse, not the
-//! directory's. A half-written file is skipped with a warning and picked up on
-//! the next change.
+//! directory's. A file caught half-written keeps the objects it had: one that
+//! does not parse (with a warning, until it changes again), and one found empty
+//! right after a write (a writer truncates, then writes) until it has been
+//! empty for [`SETTLE`]. So rewriting a policy's file in place never takes the
+//! policy out of force for a moment.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -32,6 +35,10 @@ pub enum ManifestError {
         source: std::io::Error,
     },
 }
+
+/// How long after its last write an empty file that had objects is taken as
+/// being written rather than emptied on purpose.
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// Watches a directory of manifests.
 #[derive(Debug)]
@@ -88,6 +95,18 @@ struct Version {
     inode: u64,
 }
 
+// === impl Version ===
+
+impl Version {
+    /// Was the file written less than `span` ago (or, by its clock, later than now)?
+    fn written_within(&self, span: Duration) -> bool {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        now - self.modified_ns < span.as_nanos() as i128
+    }
+}
+
 /// Every manifest file's objects as last read, by path.
 #[derive(Debug, Default)]
 struct Files(BTreeMap<PathBuf, (Version, ClusterState)>);
@@ -113,14 +132,25 @@ impl Files {
         self.0.retain(|path, _| seen.contains_key(path));
         let mut changed = self.0.len() != before;
         for (path, version) in seen {
-            if self.0.get(&path).is_some_and(|(v, _)| *v == version) {
+            let known = self.0.get(&path);
+            if known.is_some_and(|(v, _)| *v == version) {
                 continue;
             }
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
             };
+            let had_objects = known.is_some_and(|(_, o)| *o != ClusterState::default());
+            if had_objects && text.trim().is_empty() && version.written_within(SETTLE) {
+                // Being written: read again at the next wake.
+                continue;
+            }
             let mut objects = ClusterState::default();
-            parse_into(&mut objects, &path, &text);
+            let complete = parse_into(&mut objects, &path, &text);
+            if !complete && let Some((known, _)) = self.0.get_mut(&path) {
+                tracing::warn!(path = %path.display(), "keeping the objects it had until it parses");
+                *known = version;
+                continue;
+            }
             self.0.insert(path, (version, objects));
             changed = true;
         }
@@ -168,15 +198,17 @@ struct Names {
     namespace: Option<String>,
 }
 
-/// Add every supported object of a (multi-document) YAML file to `state`.
-pub fn parse_into(state: &mut ClusterState, path: &Path, text: &str) {
+/// Add every supported object of a (multi-document) YAML file to `state`;
+/// `false` if the file does not parse as YAML (what came before the document
+/// that does not is added).
+pub fn parse_into(state: &mut ClusterState, path: &Path, text: &str) -> bool {
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = match serde_yaml::Value::deserialize(doc) {
             Ok(serde_yaml::Value::Null) => continue,
             Ok(v) => v,
             Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "skipping unparsable manifest");
-                return;
+                tracing::warn!(path = %path.display(), %error, "unparsable manifest");
+                return false;
             }
         };
         let meta = serde_yaml::from_value::<TypeMeta>(value.clone()).ok();
@@ -209,6 +241,7 @@ pub fn parse_into(state: &mut ClusterState, path: &Path, text: &str) {
             tracing::warn!(path = %path.display(), %error, "skipping invalid object");
         }
     }
+    true
 }
 
 #[cfg(test)]
@@ -300,6 +333,57 @@ metadata: {name: ignored}
         assert!(files.refresh(&dir).expect("readable"));
         let state = files.state();
         assert_eq!(state.namespaces.keys().collect::<Vec<_>>(), ["b"]);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn a_file_caught_half_written_keeps_its_objects() {
+        let dir = std::env::temp_dir().join(format!("lumen-rewrites-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("policy.yaml");
+        let policy = |pods: &str| {
+            format!(
+                "kind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\n\
+                 spec: {{podSelector: {{matchLabels: {{app: {pods}}}}}}}\n"
+            )
+        };
+        // The app label policy p selects, from its spec as the state holds it.
+        let selects = |files: &Files| {
+            let state = files.state();
+            let spec = state.policies[&("x".to_owned(), "p".to_owned())]
+                .spec
+                .clone()
+                .expect("spec");
+            let labels =
+                serde_json::to_value(spec).expect("json")["podSelector"]["matchLabels"]["app"]
+                    .clone();
+            labels.as_str().expect("app label").to_owned()
+        };
+        std::fs::write(&path, policy("one")).expect("write");
+        let mut files = Files::default();
+        assert!(files.refresh(&dir).expect("readable"));
+        assert_eq!(selects(&files), "one");
+
+        // Truncated by a writer that has not written yet: the policy stays.
+        std::fs::File::create(&path).expect("truncate");
+        assert!(!files.refresh(&dir).expect("readable"));
+        assert_eq!(selects(&files), "one");
+        // Half a document: still the old one, and not read again until it changes.
+        std::fs::write(&path, "kind: NetworkPolicy\nmetadata: {name: p, names").expect("write");
+        assert!(!files.refresh(&dir).expect("readable"));
+        assert!(!files.refresh(&dir).expect("readable"));
+        assert_eq!(selects(&files), "one");
+        // The write completes.
+        std::fs::write(&path, policy("two")).expect("write");
+        assert!(files.refresh(&dir).expect("readable"));
+        assert_eq!(selects(&files), "two");
+
+        // Emptied and left empty past SETTLE: its objects go.
+        let file = std::fs::File::create(&path).expect("truncate");
+        file.set_modified(SystemTime::now() - SETTLE - Duration::from_millis(100))
+            .expect("set mtime");
+        assert!(files.refresh(&dir).expect("readable"));
+        assert!(files.state().policies.is_empty());
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
