@@ -8,7 +8,7 @@
 //! directory's. A file caught half-written keeps the objects it had: one that
 //! does not parse (with a warning, until it changes again), and one found empty
 //! right after a write (a writer truncates, then writes) until it has been
-//! empty for [`SETTLE`]. So rewriting a policy's file in place never takes the
+//! empty for `SETTLE` (2 s). So rewriting a policy's file in place never takes the
 //! policy out of force for a moment.
 
 use std::collections::BTreeMap;
@@ -38,7 +38,7 @@ pub enum ManifestError {
 
 /// How long after its last write an empty file that had objects is taken as
 /// being written rather than emptied on purpose.
-pub const SETTLE: Duration = Duration::from_secs(2);
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// Watches a directory of manifests.
 #[derive(Debug)]
