@@ -146,9 +146,9 @@ impl Files {
             }
             let mut objects = ClusterState::default();
             let complete = parse_into(&mut objects, &path, &text);
-            if !complete && let Some((known, _)) = self.0.get_mut(&path) {
+            if !complete && let Some((read, _)) = self.0.get_mut(&path) {
                 tracing::warn!(path = %path.display(), "keeping the objects it had until it parses");
-                *known = version;
+                *read = version;
                 continue;
             }
             self.0.insert(path, (version, objects));
@@ -368,7 +368,7 @@ metadata: {name: ignored}
         std::fs::File::create(&path).expect("truncate");
         assert!(!files.refresh(&dir).expect("readable"));
         assert_eq!(selects(&files), "one");
-        // Half a document: still the old one, and not read again until it changes.
+        // Half a document: still the old one, on this refresh and the next.
         std::fs::write(&path, "kind: NetworkPolicy\nmetadata: {name: p, names").expect("write");
         assert!(!files.refresh(&dir).expect("readable"));
         assert!(!files.refresh(&dir).expect("readable"));

@@ -227,10 +227,6 @@ pub struct Datapath {
     policy_writes: u64,
     /// The settings last written, to flip `CFG_POLICY` alone.
     config_value: DpConfig,
-    /// The node's pod CIDR, once configured: the endpoint map's address range.
-    pod_cidr: Option<Ipv4Cidr>,
-    /// The cluster CIDR, which holds every node's pod CIDR.
-    cluster: Option<Ipv4Cidr>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -252,6 +248,16 @@ where
         },
     })?;
     T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+/// The CIDR a `dp_config` address and mask (network order) describe; None
+/// before `configure` has written them (mask 0).
+fn configured_cidr(addr: u32, mask: u32) -> Option<Ipv4Cidr> {
+    let prefix = u8::try_from(u32::from_be(mask).count_ones()).ok()?;
+    if prefix == 0 {
+        return None;
+    }
+    Ipv4Cidr::new(Ipv4Addr::from(addr.to_ne_bytes()), prefix).ok()
 }
 
 /// `dp_config.slot_shift` for a cluster whose node CIDRs are `pod_cidr`'s
@@ -312,8 +318,6 @@ impl Datapath {
             policy: Installed::default(),
             policy_writes: 0,
             config_value: DpConfig::default(),
-            pod_cidr: None,
-            cluster: None,
             flows: Some(FlowMaps {
                 table: take_map(&mut ebpf, names::FLOWS)?,
                 events: take_map(&mut ebpf, names::FLOW_EVENTS)?,
@@ -380,20 +384,21 @@ impl Datapath {
             pod_mask: pod_cidr.mask().to_be(),
             slot_shift: slot_shift(cluster, pod_cidr),
         };
-        // Where a remote CIDR goes depends on the CIDRs: place them anew (as
-        // they were if the new settings cannot be written).
-        let remotes = std::mem::take(&mut self.remotes);
-        for cidr in remotes.keys() {
-            self.remove_remote(*cidr);
+        // Where a remote CIDR goes depends on the CIDRs: each is cleared from
+        // where it is and placed anew (back where it was if the new settings
+        // cannot be written).
+        let routed: Vec<(Ipv4Cidr, Ipv4Addr)> =
+            self.remotes.iter().map(|(c, n)| (*c, *n)).collect();
+        for (cidr, _) in &routed {
+            if let Err(error) = self.place_remote(*cidr, None) {
+                tracing::warn!(%cidr, %error, "clearing the remote cidr failed");
+            }
         }
         let written = self.write_config(value);
-        if written.is_ok() {
-            self.pod_cidr = Some(pod_cidr);
-            self.cluster = Some(cluster);
+        for (cidr, node_ip) in routed {
+            self.place_remote(cidr, Some(node_ip))?;
         }
-        for (cidr, node_ip) in remotes {
-            self.set_remote(cidr, node_ip)?;
-        }
+        self.sync_remote_trie()?;
         written
     }
 
@@ -568,7 +573,8 @@ impl Datapath {
     /// Where the endpoint at `ip` lives in the endpoint map: its offset in the
     /// node's pod CIDR (`endpoint_of` in forward.h), None outside it.
     fn endpoint_slot(&self, ip: Ipv4Addr) -> Option<u32> {
-        self.pod_cidr?.offset_of(ip)
+        let config = &self.config_value;
+        configured_cidr(config.pod_addr, config.pod_mask)?.offset_of(ip)
     }
 
     /// Forget an endpoint.
@@ -597,47 +603,56 @@ impl Datapath {
     /// Route a remote pod CIDR to the node that owns it: in its slot of
     /// `remote_slots` if it has one, else in the LPM map.
     pub fn set_remote(&mut self, cidr: Ipv4Cidr, node_ip: Ipv4Addr) -> Result<(), DatapathError> {
-        let value = RemoteNode {
-            node_ip: be_addr(node_ip),
-            flags: 0,
-        };
-        if let Some(slot) = self.remote_slot(cidr) {
-            self.remote_slots
-                .set(slot, value, 0)
-                .map_err(|source| DatapathError::Update {
-                    name: names::REMOTE_SLOTS,
-                    source,
-                })?;
-        } else {
-            let key = LpmV4Key::new(u32::from(cidr.prefix()), be_addr(cidr.addr()));
-            self.remote
-                .insert(&key, value, 0)
-                .map_err(|source| DatapathError::Update {
-                    name: names::REMOTE_CIDRS,
-                    source,
-                })?;
-            self.set_flag(CFG_REMOTE_TRIE, true)?;
-        }
+        self.place_remote(cidr, Some(node_ip))?;
         self.remotes.insert(cidr, node_ip);
-        Ok(())
+        self.sync_remote_trie()
     }
 
     pub fn remove_remote(&mut self, cidr: Ipv4Cidr) {
         self.remotes.remove(&cidr);
-        if let Some(slot) = self.remote_slot(cidr) {
-            if let Err(error) = self.remote_slots.set(slot, RemoteNode::default(), 0) {
-                tracing::warn!(%cidr, %error, "clearing the remote cidr's slot failed");
-            }
-            return;
+        if let Err(error) = self.place_remote(cidr, None) {
+            tracing::warn!(%cidr, %error, "clearing the remote cidr failed");
         }
-        let key = LpmV4Key::new(u32::from(cidr.prefix()), be_addr(cidr.addr()));
-        if let Err(error) = self.remote.remove(&key) {
-            tracing::debug!(%cidr, %error, "remote cidr was not in the map");
-        }
-        let in_trie = self.remotes.keys().any(|c| self.remote_slot(*c).is_none());
-        if let Err(error) = self.set_flag(CFG_REMOTE_TRIE, in_trie) {
+        if let Err(error) = self.sync_remote_trie() {
             tracing::warn!(%error, "updating the datapath's config failed");
         }
+    }
+
+    /// Write `cidr`'s entry where the current settings put it, its slot or
+    /// the LPM map: routed to `node_ip`, or cleared with None.
+    fn place_remote(
+        &mut self,
+        cidr: Ipv4Cidr,
+        node_ip: Option<Ipv4Addr>,
+    ) -> Result<(), DatapathError> {
+        let value = RemoteNode {
+            node_ip: node_ip.map_or(0, be_addr),
+            flags: 0,
+        };
+        if let Some(slot) = self.remote_slot(cidr) {
+            return self
+                .remote_slots
+                .set(slot, value, 0)
+                .map_err(|source| DatapathError::Update {
+                    name: names::REMOTE_SLOTS,
+                    source,
+                });
+        }
+        let key = LpmV4Key::new(u32::from(cidr.prefix()), be_addr(cidr.addr()));
+        match node_ip {
+            Some(_) => self.remote.insert(&key, value, 0),
+            None => self.remote.remove(&key),
+        }
+        .map_err(|source| DatapathError::Update {
+            name: names::REMOTE_CIDRS,
+            source,
+        })
+    }
+
+    /// `CFG_REMOTE_TRIE` on exactly while a routed CIDR has no slot.
+    fn sync_remote_trie(&mut self) -> Result<(), DatapathError> {
+        let in_trie = self.remotes.keys().any(|c| self.remote_slot(*c).is_none());
+        self.set_flag(CFG_REMOTE_TRIE, in_trie)
     }
 
     /// `cidr`'s index in `remote_slots`: a CIDR of the node's own size in the
@@ -647,7 +662,9 @@ impl Datapath {
         if shift == 0 || u32::from(cidr.prefix()) + shift != 32 {
             return None;
         }
-        Some(self.cluster?.offset_of(cidr.addr())? >> shift)
+        let config = &self.config_value;
+        let cluster = configured_cidr(config.cluster_addr, config.cluster_mask)?;
+        Some(cluster.offset_of(cidr.addr())? >> shift)
     }
 
     fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), DatapathError> {
