@@ -245,20 +245,25 @@ fn follow(
 /// How long to wait, after the path's end is seen, for the nodes before it.
 const CHAIN_GRACE: Duration = Duration::from_millis(500);
 
-/// Whether the hops seen hold the whole path: the source's first hop, and for
-/// every tunnelled hop the next node's reception.
+/// Whether the hops seen hold the whole path: the source's first hop, for
+/// every tunnelled hop the next node's reception, and for every reception the
+/// sender's tunnelled hop (a node files its hops in batches, so its first hop
+/// may come before the rest of its own).
 fn chain_complete(nodes: &[NodeHops]) -> bool {
     let hops = || nodes.iter().flat_map(|n| &n.hops);
-    hops().any(|h| h.point == TracePoint::FromPod)
-        && hops()
+    let sent = || {
+        hops()
             .filter(|h| h.action == HopAction::Tunnelled)
             .filter_map(|h| h.tunnel)
-            .all(|t| {
-                hops().any(|h| {
-                    h.point == TracePoint::FromOverlay
-                        && h.tunnel.is_some_and(|r| r.local == t.remote)
-                })
-            })
+    };
+    let received = || {
+        hops()
+            .filter(|h| h.point == TracePoint::FromOverlay)
+            .filter_map(|h| h.tunnel)
+    };
+    hops().any(|h| h.point == TracePoint::FromPod)
+        && sent().all(|t| received().any(|r| r.local == t.remote))
+        && received().all(|r| sent().any(|t| t.remote == r.local))
 }
 
 /// Long-poll one node, sending every change, until the deadline or `stop`.
@@ -431,8 +436,12 @@ mod tests {
             "n2",
             vec![into.clone(), end.clone()]
         )]));
-        // node-1's first hop only: the tunnelled one is missing, but nothing says
-        // so; the reception on n2 without its sender is not enough either.
+        // node-1's first hop only: n2's reception says a tunnelled hop is to
+        // come (node-1 filed its hops in two batches).
+        assert!(!chain_complete(&[
+            node("n1", vec![from_pod.clone()]),
+            node("n2", vec![into.clone(), end.clone()]),
+        ]));
         assert!(chain_complete(&[
             node("n1", vec![from_pod.clone(), out.clone()]),
             node("n2", vec![into, end.clone()]),
